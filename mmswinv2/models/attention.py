@@ -1,0 +1,119 @@
+"""Scaled cosine window attention of Swin Transformer V2."""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .position_bias import continuous_position_bias
+
+Size2 = Tuple[int, int]
+
+#: logit_scale is clamped at ln(1 / 0.01): attention temperatures never exceed 100.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class WindowAttentionV2(nn.Module):
+    """Multi-head self-attention inside windows, with cosine similarity and CPB.
+
+    ``logits = cos(q, k) * exp(min(logit_scale, ln 100)) + 16 * sigmoid(cpb(offsets)) [+ mask]``.
+    The qkv projection has a learnable bias for q and v and none for k (``k`` bias is zero, as in
+    the official model; a k bias is not softmax-invariant under cosine attention).
+
+    Args:
+        dim: channels of the input tokens.
+        num_heads: attention heads; ``dim`` must be divisible by it.
+        pretrained_window_size: window the CPB MLP was pretrained with, 0 if none (see
+            :mod:`.position_bias`).
+        qkv_bias: learn the q and v biases.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projection (training only).
+        cpb_hidden: width of the CPB MLP's hidden layer.
+        fused: compute attention with ``F.scaled_dot_product_attention`` instead of the explicit
+            official order of operations. Both are exact up to rounding; see
+            ``docs/benchmarks.md`` for speed and for how far the fused kernels' rounding drifts.
+    """
+
+    def __init__(self, dim: int, num_heads: int, pretrained_window_size: int = 0,
+                 qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
+                 cpb_hidden: int = 512, fused: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed dims {dim} are not divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.pretrained_window_size = pretrained_window_size
+        self.attn_drop = attn_drop
+        self.fused = fused
+
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, cpb_hidden, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Linear(cpb_hidden, num_heads, bias=False))
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, window: Size2,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attend within windows.
+
+        Args:
+            x: ``(B * nW, N, C)`` tokens of ``nW`` windows of ``N = wh * ww`` tokens each.
+            window: ``(wh, ww)``.
+            mask: ``(nW, N, N)`` additive shifted-window mask, or None.
+        """
+        BnW, N, C = x.shape
+        heads = self.num_heads
+        qkv_bias = None
+        if self.q_bias is not None:
+            qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().to(q.dtype)
+        bias = continuous_position_bias(
+            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, heads)  # (heads, N, N)
+        if mask is not None:
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
+        attend = self._fused if self.fused else self._explicit
+        out = attend(_unit_length(q), _unit_length(k), v, scale, bias.to(q.dtype))
+        out = out.transpose(1, 2).reshape(BnW, N, C)
+        return self.proj_drop(self.proj(out))
+
+    def _explicit(self, q, k, v, scale, bias):
+        """The official order of operations: ``softmax(cos * scale + bias) @ v``."""
+        attn = (q @ k.transpose(-2, -1)) * scale
+        if bias.ndim == 4:  # per-window mask folded in: (nW, heads, N, N)
+            nW = bias.shape[0]
+            attn = (attn.view(-1, nW, *attn.shape[1:]) + bias).flatten(0, 1)
+        else:
+            attn = attn + bias
+        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+        return attn @ v
+
+    def _fused(self, q, k, v, scale, bias):
+        """``scaled_dot_product_attention`` with the scale folded into q and the bias as mask."""
+        BnW, heads, N, d = q.shape
+        q = q * scale
+        if bias.ndim == 4:  # fold windows into heads so one mask serves the whole batch
+            nW = bias.shape[0]
+            q, k, v = (t.reshape(BnW // nW, nW * heads, N, d) for t in (q, k, v))
+            bias = bias.reshape(1, nW * heads, N, N)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, scale=1.0,
+            dropout_p=self.attn_drop if self.training else 0.0)
+        return out.reshape(BnW, heads, N, d)
+
+
+def _unit_length(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last axis; in fp32 for half types, whose sum of squares can overflow."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(x.float(), dim=-1).to(x.dtype)
+    return F.normalize(x, dim=-1)

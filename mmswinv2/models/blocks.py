@@ -1,0 +1,143 @@
+"""Swin Transformer V2 building blocks on channels-last maps ``(B, H, W, C)``."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as checkpoint
+
+from .attention import WindowAttentionV2
+from .windows import (pad_to_multiple, shift_window_mask, window_and_shift, window_partition,
+                      window_reverse)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a residual branch for a random subset of samples (training only),
+    rescaling the kept ones by ``1 / (1 - drop_prob)``."""
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlockV2(nn.Module):
+    """Residual-post-norm block: ``x + DP(LN(attn(x)))`` then ``x + DP(LN(mlp(x)))``.
+
+    Odd blocks of a stage use shifted windows. The window and shift are chosen per forward from
+    the map size (:func:`.windows.window_and_shift`); the map is zero-padded at the bottom/right to
+    a window multiple, rolled, attended, rolled back and cropped, so any ``H x W`` works.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool,
+                 pretrained_window_size: int = 0, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
+                 fused_attention: bool = False):
+        super().__init__()
+        self.window_size = window_size
+        self.shifted = shifted
+        self.attn = WindowAttentionV2(dim, num_heads, pretrained_window_size, qkv_bias,
+                                      attn_drop=attn_drop, proj_drop=drop, fused=fused_attention)
+        self.norm1 = nn.LayerNorm(dim)
+        self.drop_path = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.norm1(self._shifted_window_attention(x)))
+        return x + self.drop_path(self.norm2(self.mlp(x)))
+
+    def _shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        _, H, W, C = x.shape
+        window, shift = window_and_shift((H, W), self.window_size, self.shifted)
+        x = pad_to_multiple(x, window)
+        padded_hw = x.shape[1:3]
+        mask = None
+        if any(shift):
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            mask = shift_window_mask(padded_hw, window, shift, x.device)
+        windows = self.attn(window_partition(x, window), window, mask)
+        x = window_reverse(windows, window, padded_hw)
+        if any(shift):
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        return x[:, :H, :W, :]
+
+
+class PatchMergingV2(nn.Module):
+    """2x2 patch merging of Swin V2: concatenate each 2x2 neighbourhood (official order:
+    (0,0), (1,0), (0,1), (1,1)), reduce 4C -> 2C, then LayerNorm (V1 normalises before reducing).
+    Odd sizes are zero-padded at the bottom/right, so ``H x W`` becomes ``ceil(H/2) x ceil(W/2)``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_to_multiple(x, (2, 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                      dim=-1)
+        return self.norm(self.reduction(x))
+
+
+class SwinStageV2(nn.Module):
+    """Optional 2x downsampling (at the stage start) followed by ``depth`` blocks.
+
+    Args:
+        dim: channels inside the stage (after downsampling).
+        depth: number of blocks; blocks 1, 3, ... use shifted windows.
+        downsample: merge 2x2 patches of a ``dim // 2``-channel input first.
+        drop_path: one rate per block.
+        with_cp: recompute each block in backward (activation checkpointing) to save memory.
+        fused_attention: see :class:`.attention.WindowAttentionV2` (``fused``).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int,
+                 pretrained_window_size: int = 0, downsample: bool = False,
+                 mlp_ratio: float = 4., qkv_bias: bool = True, drop: float = 0.,
+                 attn_drop: float = 0., drop_path: Optional[Sequence[float]] = None,
+                 with_cp: bool = False, fused_attention: bool = False):
+        super().__init__()
+        drop_path = drop_path if drop_path is not None else [0.] * depth
+        self.with_cp = with_cp
+        self.downsample = PatchMergingV2(dim // 2) if downsample else None
+        self.blocks = nn.ModuleList([
+            SwinBlockV2(dim, num_heads, window_size, shifted=bool(i % 2),
+                        pretrained_window_size=pretrained_window_size, mlp_ratio=mlp_ratio,
+                        qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+                        drop_path=drop_path[i], fused_attention=fused_attention)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x

@@ -1,0 +1,271 @@
+"""Swin Transformer V2 backbone for dense prediction (MMDetection / MMSegmentation)."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+
+from ..registry import MODELS
+from .blocks import SwinStageV2
+
+#: Published SwinV2 sizes (embed dims, blocks per stage, heads per stage).
+ARCH_SETTINGS: Dict[str, dict] = {
+    'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    'large': dict(embed_dims=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` convolution + LayerNorm; NCHW image -> NHWC tokens.
+    The image is zero-padded at the bottom/right to a multiple of ``patch_size``."""
+
+    def __init__(self, in_channels: int, embed_dims: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = -x.shape[2] % self.patch_size
+        pad_w = -x.shape[3] % self.patch_size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+@MODELS.register_module()
+class SwinTransformerV2(BaseModule):
+    """Swin Transformer V2 backbone: a multi-scale NCHW feature pyramid for FPN / UPerHead.
+
+    Numerically the official SwinV2 (microsoft/Swin-Transformer): residual post-norm blocks,
+    scaled cosine attention with a per-head logit scale clamped at ln(100), q/v biases and no k
+    bias, log-spaced continuous position bias, shifted windows with a -100 mask, and V2 patch
+    merging (reduce, then LayerNorm). Any input size is accepted.
+
+    **Output sizes.** For an ``(N, C_in, H, W)`` input, stage ``i`` (0-based) returns
+    ``(N, embed_dims * 2**i, H_i, W_i)`` with ``H_0 = ceil(H / patch_size)`` and
+    ``H_{i+1} = ceil(H_i / 2)`` (likewise for W); for ``patch_size=4`` that is
+    ``H_i = ceil(H / 2**(i + 2))``. The image is zero-padded at the bottom/right to a patch
+    multiple, each odd-sized map is zero-padded by one row/column before merging, and each block
+    pads to a window multiple and crops back. Each returned map passes through its own LayerNorm
+    ``norm{i}`` and is taken before the next stage's downsampling.
+
+    **Small maps.** A block decides its window per forward and per axis: an axis no longer than
+    ``window_size`` is covered by a single window of the map's own length and is not shifted
+    (the official / HF rule — window = map size, no shift — applied per axis; identical to it
+    for square maps). Longer axes use ``window_size`` and, in odd blocks, a shift of
+    ``window_size // 2``. No flag is needed for maps smaller than the window.
+
+    Args:
+        arch: 'tiny', 'small', 'base', 'large' (or 't', 's', 'b', 'l'), or a dict with
+            ``embed_dims``, ``depths`` and ``num_heads``.
+        patch_size: side of the square patches of the stem.
+        in_channels: image channels.
+        window_size: attention window, one int for all stages or one per stage.
+        pretrained_window_sizes: window each stage's position-bias MLP was pretrained with, one
+            per stage; 0 means "same as window_size". E.g. (12, 12, 12, 6) for the
+            ``12to16`` / ``12to24`` checkpoints.
+        mlp_ratio: MLP hidden width / embed dims.
+        qkv_bias: learn q and v biases.
+        drop_rate: dropout after projections and MLP layers.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, increasing linearly from 0 over all blocks.
+        out_indices: stages whose outputs are returned, in order.
+        frozen_stages: freeze the patch embedding (0) and also stages ``0..k-1`` with their output
+            norms (k >= 1): no gradients, eval mode. -1 freezes nothing. Same convention as
+            mmdet's ``SwinTransformer`` and ``ResNet``.
+        norm_eval: keep normalisation layers in eval mode while training (mmpretrain's option).
+            SwinV2 has only LayerNorms, whose output does not depend on the mode, so this changes
+            nothing numerically; it is accepted so configs written for other backbones work.
+        with_cp: activation checkpointing per block while training (saves memory, costs time).
+        fused_attention: use ``F.scaled_dot_product_attention`` instead of the official explicit
+            order of operations (``softmax(cos * scale + bias) @ v``). The explicit path
+            reproduces timm bit for bit; the fused one differs by kernel rounding, which logit
+            scales up to 100 amplify (up to ~2e-4 on outputs of magnitude ~10 in our tests).
+            Speed of both: ``docs/benchmarks.md``.
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 patch_size: int = 4,
+                 in_channels: int = 3,
+                 window_size: Union[int, Sequence[int]] = 8,
+                 pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0),
+                 mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 fused_attention: bool = False,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        settings = _arch_settings(arch)
+        self.embed_dims = settings['embed_dims']
+        self.depths = settings['depths']
+        self.num_heads = settings['num_heads']
+        num_stages = len(self.depths)
+        self.window_sizes = _per_stage('window_size', window_size, num_stages, minimum=1)
+        self.pretrained_window_sizes = _per_stage(
+            'pretrained_window_sizes', pretrained_window_sizes, num_stages, minimum=0)
+        self.out_indices = _check_out_indices(out_indices, num_stages)
+        _check_int('patch_size', patch_size, minimum=1)
+        _check_int('in_channels', in_channels, minimum=1)
+        _check_int('frozen_stages', frozen_stages, minimum=-1, maximum=num_stages)
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            if not 0. <= rate < 1.:
+                raise ValueError(f'{name} must be in [0, 1), got {rate}')
+        if mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratio must be positive, got {mlp_ratio}')
+        self.in_channels = in_channels
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.num_features = [self.embed_dims * 2**i for i in range(num_stages)]
+        for i, (dims, heads) in enumerate(zip(self.num_features, self.num_heads)):
+            if dims % heads:
+                raise ValueError(f'stage {i} has {dims} channels, not divisible by '
+                                 f'num_heads[{i}]={heads}')
+
+        self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size)
+        self.drop_after_pos = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(self.depths):
+            first = sum(self.depths[:i])
+            self.stages.append(SwinStageV2(
+                dim=self.num_features[i], depth=depth, num_heads=self.num_heads[i],
+                window_size=self.window_sizes[i],
+                pretrained_window_size=self.pretrained_window_sizes[i],
+                downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                attn_drop=attn_drop_rate, drop_path=rates[first:first + depth],
+                with_cp=with_cp, fused_attention=fused_attention))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+        self._freeze_stages()
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'{type(self).__name__} expects images of shape (N, '
+                             f'{self.in_channels}, H, W), got {tuple(x.shape)}')
+        x = self.drop_after_pos(self.patch_embed(x))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(x)
+                outs.append(out.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+    def init_weights(self) -> None:
+        """Official SwinV2 initialisation, or the checkpoint named by ``init_cfg``."""
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for stage in self.stages:
+            for block in stage.blocks:
+                # Residual post-norm: each block starts as the identity.
+                for norm in (block.norm1, block.norm2):
+                    nn.init.zeros_(norm.weight)
+                    nn.init.zeros_(norm.bias)
+                nn.init.constant_(block.attn.logit_scale, math.log(10.0))
+
+    def train(self, mode: bool = True) -> 'SwinTransformerV2':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+                    m.eval()
+        return self
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.patch_embed, self.drop_after_pos]
+        for i in range(self.frozen_stages):
+            frozen.append(self.stages[i])
+            if i in self.out_indices:
+                frozen.append(getattr(self, f'norm{i}'))
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+
+def _arch_settings(arch: Union[str, dict]) -> dict:
+    if isinstance(arch, str):
+        name = ARCH_ALIASES.get(arch.lower(), arch.lower())
+        if name not in ARCH_SETTINGS:
+            raise ValueError(f'unknown arch {arch!r}; expected one of {sorted(ARCH_SETTINGS)} '
+                             f'(or {sorted(ARCH_ALIASES)}) or a dict with embed_dims, depths, '
+                             f'num_heads')
+        settings = ARCH_SETTINGS[name]
+    elif isinstance(arch, dict):
+        missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
+        unknown = set(arch) - {'embed_dims', 'depths', 'num_heads'}
+        if missing or unknown:
+            raise ValueError(f'arch dict must have exactly the keys embed_dims, depths, '
+                             f'num_heads; missing {sorted(missing)}, unknown {sorted(unknown)}')
+        settings = arch
+    else:
+        raise ValueError(f'arch must be a name or a dict, got {type(arch).__name__}')
+    depths = tuple(settings['depths'])
+    heads = tuple(settings['num_heads'])
+    if len(depths) != len(heads) or not depths:
+        raise ValueError(f'arch depths {list(depths)} and num_heads {list(heads)} must be '
+                         f'non-empty and of equal length (one per stage)')
+    _check_int('arch embed_dims', settings['embed_dims'], minimum=1)
+    for name, values in (('depths', depths), ('num_heads', heads)):
+        for v in values:
+            _check_int(f'arch {name} {list(values)}', v, minimum=1)
+    return dict(embed_dims=settings['embed_dims'], depths=depths, num_heads=heads)
+
+
+def _per_stage(name: str, value, num_stages: int, minimum: int) -> Tuple[int, ...]:
+    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    if len(values) != num_stages:
+        raise ValueError(f'{name} needs one value per stage ({num_stages}), got {list(values)}')
+    for v in values:
+        _check_int(f'{name} {list(values)}', v, minimum=minimum)
+    return values
+
+
+def _check_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
+    if isinstance(out_indices, int):
+        out_indices = (out_indices,)
+    normalised = []
+    for i in out_indices:
+        if not isinstance(i, int) or not -num_stages <= i < num_stages:
+            raise ValueError(f'out_indices {list(out_indices)}: {i!r} is not a stage index; '
+                             f'allowed are 0..{num_stages - 1} (or negative from the end)')
+        normalised.append(i % num_stages)
+    if len(set(normalised)) != len(normalised) or normalised != sorted(normalised):
+        raise ValueError(f'out_indices {list(out_indices)} must be increasing without repeats')
+    return tuple(normalised)
+
+
+def _check_int(name: str, value, minimum: int, maximum: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'{name}: expected an int, got {value!r}')
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
+        raise ValueError(f'{name}: {value} is out of range; allowed {allowed}')

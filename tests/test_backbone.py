@@ -1,0 +1,165 @@
+"""Behaviour of the backbone itself: shapes for any input size, training, freezing, bad input.
+(Numerical correctness against reference code: test_parity_hf.py, test_parity_timm.py.)"""
+import math
+
+import pytest
+import torch
+
+from mmswinv2 import SwinTransformerV2
+from mmswinv2.models.blocks import DropPath
+from mmswinv2.models.windows import window_and_shift
+
+from helpers import randomize_
+
+SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+
+
+def expected_shapes(h, w, embed_dims=16, patch=4):
+    shapes, h, w = [], math.ceil(h / patch), math.ceil(w / patch)
+    for i in range(4):
+        shapes.append((embed_dims * 2**i, h, w))
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return shapes
+
+
+@pytest.mark.parametrize('window', [7, 8, 16])
+@pytest.mark.parametrize('hw', [(1, 1), (31, 97), (224, 224), (333, 517), (800, 1333)])
+def test_any_input_size_gives_documented_shapes(hw, window):
+    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=window), seed=0).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *hw))
+    assert [tuple(o.shape[1:]) for o in outs] == expected_shapes(*hw)
+    for o in outs:
+        assert o.is_contiguous() and torch.isfinite(o).all()
+
+
+def test_tiny_default_output_channels_and_indices():
+    model = SwinTransformerV2(arch='tiny', out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 192, 8, 12), (2, 768, 2, 3)]
+    assert not hasattr(model, 'norm0') and hasattr(model, 'norm1')
+
+
+@pytest.mark.parametrize('feature_hw, shifted, expected', [
+    ((64, 64), True, ((8, 8), (4, 4))),
+    ((64, 64), False, ((8, 8), (0, 0))),
+    ((8, 8), True, ((8, 8), (0, 0))),      # map == window: one window, no shift (official)
+    ((5, 3), True, ((5, 3), (0, 0))),      # smaller than the window: clipped, no shift
+    ((16, 6), True, ((8, 6), (4, 0))),     # per axis
+    ((9, 100), True, ((8, 8), (4, 4))),
+])
+def test_window_and_shift_policy(feature_hw, shifted, expected):
+    assert window_and_shift(feature_hw, 8, shifted) == expected
+
+
+def _loss_and_grads(model, x):
+    model.zero_grad()
+    loss = sum(o.square().mean() for o in model(x))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None}
+
+
+def test_backward_reaches_every_parameter():
+    model = randomize_(SwinTransformerV2(arch=SMALL), seed=0).train()
+    loss, grads = _loss_and_grads(model, torch.randn(2, 3, 70, 90))
+    assert torch.isfinite(loss)
+    params = dict(model.named_parameters())
+    assert set(grads) == set(params)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_with_cp_gives_same_loss_and_gradients():
+    x = torch.randn(2, 3, 72, 88)
+    results = []
+    for with_cp in (False, True):
+        model = SwinTransformerV2(arch=SMALL, with_cp=with_cp, drop_path_rate=0.3)
+        randomize_(model, seed=0).train()
+        torch.manual_seed(123)  # same drop-path draws; checkpointing must replay them
+        results.append(_loss_and_grads(model, x))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+
+
+@pytest.mark.parametrize('frozen_stages', [0, 1, 3])
+def test_frozen_stages_have_no_gradients_and_stay_in_eval(frozen_stages):
+    model = randomize_(SwinTransformerV2(arch=SMALL, frozen_stages=frozen_stages), seed=0)
+    model.train()
+    _, grads = _loss_and_grads(model, torch.randn(1, 3, 64, 64))
+    frozen = [model.patch_embed] + [model.stages[i] for i in range(frozen_stages)] + \
+             [getattr(model, f'norm{i}') for i in range(frozen_stages)]
+    frozen_ids = {id(p) for m in frozen for p in m.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in frozen_ids:
+            assert not p.requires_grad and name not in grads, name
+        else:
+            assert p.requires_grad and name in grads, name
+    assert all(not m.training for f in frozen for m in f.modules())
+    trainable = list(model.stages)[frozen_stages:]
+    assert all(m.training for s in trainable for m in s.modules())
+
+
+def test_drop_path_active_in_train_only():
+    model = randomize_(SwinTransformerV2(arch=SMALL, drop_path_rate=0.5), seed=0)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(1)
+        a = model(x)[-1]
+        torch.manual_seed(2)
+        b = model(x)[-1]
+        model.eval()
+        c, d = model(x)[-1], model(x)[-1]
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
+    rates = [blk.drop_path.drop_prob for s in model.stages for blk in s.blocks]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.5) and rates == sorted(rates)
+
+
+def test_drop_path_zeroes_whole_samples_and_rescales_the_rest():
+    dp = DropPath(0.5).train()
+    torch.manual_seed(0)
+    out = dp(torch.ones(4000, 3, 5))
+    per_sample = out.flatten(1)
+    assert set(per_sample.unique().tolist()) == {0.0, 2.0}
+    assert (per_sample.std(dim=1) == 0).all()  # a sample is dropped entirely or kept entirely
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.5) < 0.05
+    assert torch.equal(dp.eval()(torch.ones(3, 2)), torch.ones(3, 2))
+
+
+def test_norm_eval_keeps_norms_in_eval_mode():
+    model = SwinTransformerV2(arch=SMALL, norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and not any(m.training for m in norms)
+    assert model.stages[0].blocks[0].mlp.training
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(arch='huge-ish'), "unknown arch 'huge-ish'; expected one of"),
+    (dict(arch=dict(embed_dims=96, depths=[2, 2]), ), 'missing [\'num_heads\']'),
+    (dict(arch=dict(embed_dims=96, depths=[2, 2], num_heads=[3])), 'equal length'),
+    (dict(window_size=[8, 8, 8]), 'window_size needs one value per stage (4), got [8, 8, 8]'),
+    (dict(window_size=0), 'window_size [0, 0, 0, 0]: 0 is out of range; allowed >= 1'),
+    (dict(pretrained_window_sizes=[12, 12, 12]), 'pretrained_window_sizes needs one value'),
+    (dict(out_indices=(0, 4)), 'out_indices [0, 4]: 4 is not a stage index; allowed are 0..3'),
+    (dict(out_indices=(2, 1)), 'must be increasing'),
+    (dict(frozen_stages=5), 'frozen_stages: 5 is out of range; allowed in [-1, 4]'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate must be in [0, 1), got 1.5'),
+    (dict(arch=dict(embed_dims=10, depths=[2] * 4, num_heads=[3] * 4)), 'not divisible'),
+])
+def test_bad_arguments_raise_value_error_naming_the_problem(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        SwinTransformerV2(**kwargs)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 4, 64, 64), (1, 1, 3, 64, 64)])
+def test_bad_input_shape_raises_clear_error(shape):
+    model = SwinTransformerV2(arch=SMALL)
+    with pytest.raises(ValueError, match=r'expects images of shape \(N, 3, H, W\), got'):
+        model(torch.randn(*shape))
