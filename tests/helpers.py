@@ -31,3 +31,18 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, f'shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}'
     return (a - b).abs().max().item()
+
+
+def raw_stage_outputs(model: nn.Module, x: torch.Tensor):
+    """Run an mmswinv2 backbone; return its stage outputs before the output norms (NCHW) and its
+    normal (normalised) outputs."""
+    raw = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: raw.append(o.permute(0, 3, 1, 2)))
+             for stage in model.stages]
+    try:
+        with torch.no_grad():
+            outs = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return raw, outs

@@ -13,7 +13,7 @@ import torch
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import convert_state_dict
 
-from helpers import max_abs_diff
+from helpers import max_abs_diff, raw_stage_outputs
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'timm_swinv2.pt')
 TOL = 1e-4
@@ -22,20 +22,6 @@ TOL = 1e-4
 @pytest.fixture(scope='module')
 def timm_reference():
     return torch.load(FIXTURE, weights_only=True)
-
-
-def stage_outputs(model, x):
-    """Raw stage outputs (before the output norms) as NCHW, and the normalised outputs."""
-    raw = []
-    hooks = [stage.register_forward_hook(lambda m, i, o: raw.append(o.permute(0, 3, 1, 2)))
-             for stage in model.stages]
-    try:
-        with torch.no_grad():
-            outs = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return raw, outs
 
 
 def build_from_timm(reference, settings):
@@ -60,7 +46,7 @@ def build_from_timm(reference, settings):
 def test_stage_outputs_match_timm(timm_reference, case):
     ref = timm_reference['cases'][case]
     model = build_from_timm(timm_reference, ref['settings'])
-    raw, outs = stage_outputs(model, ref['input'].float())
+    raw, outs = raw_stage_outputs(model, ref['input'].float())
     for i, (ours, theirs) in enumerate(zip(raw, ref['stages'])):
         assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
     assert max_abs_diff(outs[3], ref['final_norm']) <= TOL

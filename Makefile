@@ -1,0 +1,13 @@
+# The two commands of the README. Both install what is missing first (tools/install_deps.sh).
+PYTHON ?= python3
+
+.PHONY: install demo test
+
+install:
+	PYTHON=$(PYTHON) bash tools/install_deps.sh
+
+demo: install
+	$(PYTHON) tools/pyramid_demo.py --out-dir outputs/demo
+
+test: install
+	$(PYTHON) -m pytest
