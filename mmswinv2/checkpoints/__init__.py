@@ -1,3 +1,7 @@
-from .formats import LAYOUTS, Layout, convert_state_dict
+from .formats import LAYOUTS, Layout, convert_state_dict, detect_layout
+from .io import Checkpoint, CheckpointError, mmengine_checkpoints_allowed, read_checkpoint
+from .loading import load_pretrained
 
-__all__ = ['LAYOUTS', 'Layout', 'convert_state_dict']
+__all__ = ['LAYOUTS', 'Layout', 'convert_state_dict', 'detect_layout', 'Checkpoint',
+           'CheckpointError', 'mmengine_checkpoints_allowed', 'read_checkpoint',
+           'load_pretrained']

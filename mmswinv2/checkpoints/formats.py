@@ -38,22 +38,43 @@ class Layout:
 
     Attributes:
         name: the format's name, as used by ``--format``.
+        signature: regex one key must match (after ``prefix`` is stripped) for detection.
+        exclude: regex no key may match for detection.
+        prefix: wrapper prefix (``backbone.``, ``encoder.``): when keys carry it, only those keys
+            are kept (other heads and necks are ignored) and it is stripped.
         drop: regexes of keys that carry no backbone weights (heads) or regenerable buffers.
         renames: ordered ``(pattern, replacement)`` regex rules, each applied once per key.
         fuse_qkv: suffixes ``(q, k, v)`` of separate projection weights to concatenate into
             ``attn.qkv.weight`` (HF).
+        reorders: ``(pattern, function)``: tensors whose canonical key matches are transformed.
     """
     name: str
+    signature: str = ''
+    exclude: str = ''
+    prefix: str = ''
     drop: Tuple[str, ...] = ()
     renames: Tuple[Rename, ...] = ()
     fuse_qkv: Tuple[str, str, str] = ()
+    reorders: Tuple[Tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
     description: str = field(default='', compare=False)
+
+    def unwrap(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Keep only the keys under ``prefix`` (stripped), if any key has it."""
+        if self.prefix and any(k.startswith(self.prefix) for k in state_dict):
+            n = len(self.prefix)
+            return {k[n:]: v for k, v in state_dict.items() if k.startswith(self.prefix)}
+        return state_dict
+
+    def matches(self, state_dict: Dict[str, torch.Tensor]) -> bool:
+        keys = list(self.unwrap(state_dict))
+        return (any(re.search(self.signature, k) for k in keys)
+                and not (self.exclude and any(re.search(self.exclude, k) for k in keys)))
 
     def convert(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Return the canonical state dict; input tensors are not modified."""
         dropped = re.compile('|'.join(self.drop + REGENERABLE_BUFFERS))
         out: Dict[str, torch.Tensor] = {}
-        for key, value in state_dict.items():
+        for key, value in self.unwrap(state_dict).items():
             if dropped.search(key):
                 continue
             for pattern, replacement in self.renames:
@@ -61,7 +82,18 @@ class Layout:
             out[key] = value
         if self.fuse_qkv:
             out = _fuse_qkv(out, *self.fuse_qkv)
+        for pattern, function in self.reorders:
+            out = {k: function(v) if re.search(pattern, k) else v for k, v in out.items()}
         return out
+
+
+def unfold_to_official_order(weight: torch.Tensor) -> torch.Tensor:
+    """Patch-merging reduction weight ``(out, 4C)`` from ``nn.Unfold`` channel order (mmcv /
+    mmpretrain: channel-major, positions (0,0), (0,1), (1,0), (1,1)) to the official order
+    (position-major: (0,0), (1,0), (0,1), (1,1)). Swapping positions 1 and 2 is its own inverse."""
+    out_dims, in_dims = weight.shape
+    w = weight.reshape(out_dims, in_dims // 4, 4).transpose(1, 2)  # (out, position, C)
+    return w[:, [0, 2, 1, 3]].reshape(out_dims, in_dims)
 
 
 def _fuse_qkv(state_dict: Dict[str, torch.Tensor], q: str, k: str, v: str):
@@ -80,18 +112,50 @@ def _fuse_qkv(state_dict: Dict[str, torch.Tensor], q: str, k: str, v: str):
     return out
 
 
+_V2_QKV = r'^layers\.\d+\.blocks\.\d+\.attn\.qkv\.weight$'
+_V1_MARK = r'relative_position_bias_table'
+
+CANONICAL = Layout(
+    name='mmswinv2',
+    description='mmswinv2 SwinTransformerV2 state dict (what tools/convert_checkpoint.py writes)',
+    signature=r'^stages\.\d+\.blocks\.\d+\.attn\.qkv\.weight$',
+    exclude=_V1_MARK,
+)
+
+MMDET = Layout(
+    name='mmdet',
+    description='whole MMDetection / MMSegmentation checkpoint of a model using this backbone',
+    prefix='backbone.',
+    signature=r'^stages\.\d+\.blocks\.\d+\.attn\.qkv\.weight$',
+    exclude=_V1_MARK,
+)
+
 OFFICIAL = Layout(
     name='official',
     description='microsoft/Swin-Transformer SwinV2 .pth (downsample at the end of each stage)',
+    signature=r'^layers\.0\.downsample\.reduction\.weight$',
+    exclude=_V1_MARK,
     drop=(r'^head\.',),
     renames=(_next_stage_downsample(r'^layers\.'),
              (r'^layers\.', 'stages.'),
              (r'^norm\.', 'norm3.')),
 )
 
+SIMMIM = Layout(
+    name='simmim',
+    description='SimMIM pre-training checkpoint (official SwinV2 under encoder.)',
+    prefix='encoder.',
+    signature=r'^layers\.0\.downsample\.reduction\.weight$',
+    exclude=r'\.attention\.self\.|' + _V1_MARK,  # HF's Swinv2Model keys also start "encoder."
+    drop=(r'^head\.', r'^mask_token$'),
+    renames=OFFICIAL.renames,
+)
+
 TIMM = Layout(
     name='timm',
     description='timm swinv2_* (downsample at the start of the next stage, head.fc)',
+    signature=_V2_QKV,
+    exclude=r'^layers\.0\.downsample\.|' + _V1_MARK,
     drop=(r'^head\.',),
     renames=((r'^layers\.', 'stages.'),
              (r'^norm\.', 'norm3.')),
@@ -100,6 +164,7 @@ TIMM = Layout(
 HF = Layout(
     name='hf',
     description='HF transformers Swinv2Model / Swinv2ForImageClassification / Swinv2Backbone',
+    signature=r'\.attention\.self\.continuous_position_bias_mlp\.',
     drop=(r'^classifier\.', r'(^|\.)hidden_states_norms\.'),
     renames=((r'^swinv2\.', ''),
              (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.proj.'),
@@ -119,13 +184,41 @@ HF = Layout(
     fuse_qkv=('query.weight', 'key.weight', 'value.weight'),
 )
 
-LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (OFFICIAL, TIMM, HF)}
+MMPRETRAIN = Layout(
+    name='mmpretrain',
+    description='mmpretrain SwinTransformerV2 (backbone. prefix, w_msa, Unfold merge order)',
+    prefix='backbone.',
+    signature=r'\.attn\.w_msa\.cpb_mlp\.',
+    renames=((r'^patch_embed\.projection\.', 'patch_embed.proj.'),
+             (r'\.attn\.w_msa\.', '.attn.'),
+             (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
+             (r'\.ffn\.layers\.1\.', '.mlp.fc2.')),
+    reorders=((r'^stages\.\d+\.downsample\.reduction\.weight$', unfold_to_official_order),),
+)
+
+#: In detection order: a wrapped layout also accepts unwrapped keys, so each bare layout is
+#: tried before its wrapped twin (a bare official file is "official", not "simmim").
+LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
+    CANONICAL, MMDET, OFFICIAL, HF, SIMMIM, TIMM, MMPRETRAIN)}
 
 
-def convert_state_dict(state_dict: Dict[str, torch.Tensor], layout: str) -> Dict[str, torch.Tensor]:
-    """Convert ``state_dict`` from the named public layout to the canonical one."""
+def detect_layout(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Layout:
+    """The layout whose signature the keys match; a clear error if none does."""
+    for layout in LAYOUTS.values():
+        if layout.matches(state_dict):
+            return layout
+    raise ValueError(
+        f'{source}: unknown weight layout. First keys: {list(state_dict)[:8]}. Known formats: '
+        + '; '.join(f'{name} ({layout.description})' for name, layout in LAYOUTS.items()))
+
+
+def convert_state_dict(state_dict: Dict[str, torch.Tensor],
+                       layout: str = 'auto') -> Dict[str, torch.Tensor]:
+    """Convert ``state_dict`` from the named public layout (or the detected one) to ours."""
+    if layout == 'auto':
+        return detect_layout(state_dict).convert(state_dict)
     if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; known: {sorted(LAYOUTS)}')
+        raise ValueError(f'unknown layout {layout!r}; known: {sorted(LAYOUTS)} or auto')
     return LAYOUTS[layout].convert(state_dict)
 
 

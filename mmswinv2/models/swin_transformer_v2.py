@@ -168,8 +168,25 @@ class SwinTransformerV2(BaseModule):
         return tuple(outs)
 
     def init_weights(self) -> None:
-        """Official SwinV2 initialisation, or the checkpoint named by ``init_cfg``."""
-        if self.init_cfg is not None:
+        """Official SwinV2 initialisation, or the checkpoint named by ``init_cfg``.
+
+        ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` accepts every supported layout
+        (official, HF folder or file, timm, mmpretrain, SimMIM, whole mmdet/mmseg checkpoints,
+        ours), detected from the keys (or forced with ``format='timm'`` etc.) and loaded strictly;
+        see :func:`mmswinv2.checkpoints.load_pretrained`. A ``prefix`` is not needed.
+        """
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from mmengine.logging import MMLogger
+
+            from ..checkpoints import load_pretrained
+            if not cfg.get('checkpoint'):
+                raise ValueError(f'init_cfg {cfg} needs checkpoint=PATH')
+            load_pretrained(self, cfg['checkpoint'], layout=cfg.get('format', 'auto'),
+                            logger=MMLogger.get_current_instance())
+            self._is_init = True
+            return
+        if cfg is not None:
             super().init_weights()
             return
         for m in self.modules():

@@ -1,0 +1,71 @@
+"""Load any supported checkpoint into a :class:`~mmswinv2.SwinTransformerV2`, strictly."""
+import logging
+from typing import Optional
+
+import torch
+
+from .arch import describe_mismatch, infer_arch
+from .formats import LAYOUTS, detect_layout
+from .io import CheckpointError, read_checkpoint
+
+
+def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
+                    logger: Optional[logging.Logger] = None) -> dict:
+    """Read ``path`` in any known layout, convert it and load it into ``model``.
+
+    Everything is checked before a single weight is copied: the architecture (a mismatch names
+    it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys, and
+    tensor shapes. The only model keys allowed to have no source are output norms ``norm{i}``
+    that the source model did not have (classification checkpoints have one final norm); they
+    are set to the identity (weight 1, bias 0) and reported.
+    Returns a summary: ``format``, ``arch``, ``missing_norms``.
+    """
+    ckpt = read_checkpoint(path)
+    found = detect_layout(ckpt.state_dict, ckpt.path) if layout == 'auto' else LAYOUTS[layout]
+    state_dict = found.convert(ckpt.state_dict)
+    try:
+        arch = infer_arch(state_dict)
+    except KeyError as err:
+        raise CheckpointError(f'{ckpt.path}: read as {found.name} but {err} is missing; '
+                              f'is it a SwinV2 backbone checkpoint?') from None
+    mismatch = describe_mismatch(_model_arch(model), arch)
+    if mismatch:
+        raise CheckpointError(f'{ckpt.path}: architecture mismatch: ' + '; '.join(mismatch))
+
+    own = model.state_dict()
+    unexpected = sorted(set(state_dict) - set(own))
+    missing = sorted(set(own) - set(state_dict))
+    missing_norms = sorted({k.split('.')[0] for k in missing if k.startswith('norm')})
+    not_norms = [k for k in missing if not k.startswith('norm')]
+    wrong_shape = [f'{k}: {tuple(v.shape)} in checkpoint, {tuple(own[k].shape)} in model'
+                   for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems = []
+    if unexpected:
+        problems.append(f'unexpected keys {unexpected[:6]}' + ('...' if len(unexpected) > 6 else ''))
+    if not_norms:
+        problems.append(f'missing keys {not_norms[:6]}' + ('...' if len(not_norms) > 6 else ''))
+    if wrong_shape:
+        problems.append('shape mismatch ' + '; '.join(wrong_shape[:4]))
+    if problems:
+        raise CheckpointError(f'{ckpt.path} ({found.name} layout): ' + '; '.join(problems)
+                              + '. Nothing was loaded.')
+
+    with torch.no_grad():
+        model.load_state_dict(state_dict, strict=False)
+        for name in missing_norms:
+            norm = getattr(model, name)
+            torch.nn.init.ones_(norm.weight)
+            torch.nn.init.zeros_(norm.bias)
+    summary = dict(format=found.name, arch=arch, missing_norms=missing_norms)
+    (logger or logging.getLogger('mmswinv2')).info(
+        f'loaded {ckpt.path} ({found.name} layout, embed_dims {arch["embed_dims"]}, depths '
+        f'{arch["depths"]}); output norms without a source, set to identity: '
+        f'{missing_norms or "none"}')
+    return summary
+
+
+def _model_arch(model) -> dict:
+    proj = model.patch_embed.proj
+    return dict(embed_dims=model.embed_dims, depths=list(model.depths),
+                num_heads=list(model.num_heads), patch_size=proj.kernel_size[0],
+                in_channels=proj.in_channels)

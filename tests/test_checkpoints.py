@@ -1,0 +1,165 @@
+"""Loading public checkpoint layouts into the backbone through ``init_cfg``, and bad files.
+
+Reference outputs come from the real implementations: HF transformers in-process, timm and
+mmpretrain through committed fixtures (see fixtures/make_*_fixtures.py).
+"""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from transformers import Swinv2Config, Swinv2Model
+
+from mmswinv2 import SwinTransformerV2
+from mmswinv2.checkpoints import CheckpointError, detect_layout, read_checkpoint
+
+from helpers import max_abs_diff, randomize_, raw_stage_outputs
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+TOL = 1e-4
+
+
+def fp32(tree):
+    if isinstance(tree, dict):
+        return {k: fp32(v) for k, v in tree.items()}
+    return tree.float() if isinstance(tree, torch.Tensor) else tree
+
+
+def pretrained(path, **kwargs):
+    model = SwinTransformerV2(init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+                              drop_path_rate=0., **kwargs)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
+def test_mmpretrain_checkpoint_matches_mmpretrain_outputs(tmp_path, case):
+    ref = torch.load(os.path.join(FIXTURES, 'mmpretrain_swinv2.pt'), weights_only=True)
+    path = tmp_path / 'swinv2_mmpretrain.pth'
+    torch.save(fp32(ref['checkpoint']), path)
+    settings = ref['cases'][case]['settings']
+    assert detect_layout(read_checkpoint(path).state_dict).name == 'mmpretrain'
+    model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
+                       pretrained_window_sizes=settings['pretrained_window_sizes'])
+    with torch.no_grad():
+        outs = model(ref['cases'][case]['input'].float())
+    for i, (ours, theirs) in enumerate(zip(outs, ref['cases'][case]['outputs'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'output {i}'
+
+
+def test_timm_checkpoint_matches_timm_outputs(tmp_path):
+    ref = torch.load(os.path.join(FIXTURES, 'timm_swinv2.pt'), weights_only=True)
+    path = tmp_path / 'swinv2_tiny_window8_256.pth'
+    torch.save(fp32(ref['state_dict']), path)
+    case = ref['cases']['w8_256']
+    model = pretrained(path, arch=SMALL, window_size=8)
+    raw, outs = raw_stage_outputs(model, case['input'].float())
+    for i, (ours, theirs) in enumerate(zip(raw, case['stages'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+    assert max_abs_diff(outs[3], case['final_norm']) <= TOL
+    # timm has a single final norm: the others start as the identity.
+    assert torch.equal(model.norm0.weight, torch.ones(16))
+    assert torch.equal(model.norm0.bias, torch.zeros(16))
+
+
+@pytest.fixture(scope='module')
+def hf_folder(tmp_path_factory):
+    """A real HF model folder (config.json + model.safetensors) of a randomised Swinv2Model."""
+    config = Swinv2Config(image_size=128, embed_dim=16, depths=[2, 2, 2, 2],
+                          num_heads=[1, 2, 4, 8], window_size=8)
+    hf = randomize_(Swinv2Model(config, add_pooling_layer=False), seed=3).eval()
+    folder = tmp_path_factory.mktemp('swinv2-hf')
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+@pytest.mark.parametrize('which', ['folder', 'weights_file'])
+def test_hf_folder_and_weights_file_match_hf_final_output(hf_folder, which):
+    hf, folder = hf_folder
+    path = folder if which == 'folder' else folder / 'model.safetensors'
+    assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors']
+    model = pretrained(path, arch=SMALL, window_size=8)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = hf(x).last_hidden_state  # (N, L, C) after the final layernorm
+        ours = model(x)[3].flatten(2).transpose(1, 2)
+    assert max_abs_diff(ours, theirs) <= TOL
+
+
+def test_whole_mmdet_checkpoint_with_training_logs_loads_backbone_only(tmp_path):
+    """A checkpoint as MMEngine writes it: backbone./neck. keys, meta with numpy values and a
+    message hub of HistoryBuffers (which torch>=2.6 refuses without our allow-list)."""
+    from mmengine.logging import MessageHub
+    source = randomize_(SwinTransformerV2(arch=SMALL, drop_path_rate=0.), seed=5).eval()
+    hub = MessageHub.get_instance('test_checkpoints')
+    hub.update_scalar('train/loss', 1.25)
+    checkpoint = dict(
+        meta=dict(epoch=3, seed=np.int64(7), dataset_meta=dict(classes=('a', 'b'))),
+        state_dict={**{f'backbone.{k}': v for k, v in source.state_dict().items()},
+                    'neck.lateral_convs.0.conv.weight': torch.zeros(4, 16, 1, 1),
+                    'roi_head.bbox_head.fc_cls.weight': torch.zeros(3, 4)},
+        message_hub=hub.state_dict())
+    path = tmp_path / 'epoch_3.pth'
+    torch.save(checkpoint, path)
+    assert detect_layout(read_checkpoint(path).state_dict).name == 'mmdet'
+    model = pretrained(path, arch=SMALL)
+    x = torch.randn(1, 3, 70, 50)
+    with torch.no_grad():
+        for a, b in zip(model(x), source(x)):
+            assert torch.equal(a, b)
+
+
+def test_architecture_mismatch_names_it_and_loads_nothing(tmp_path):
+    path = tmp_path / 'small.pth'
+    torch.save(SwinTransformerV2(arch=SMALL).state_dict(), path)
+    other = dict(SMALL, depths=(2, 2, 6, 2))
+    model = SwinTransformerV2(arch=other, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r'depths \[2, 2, 6, 2\] in config, '
+                                              r'\[2, 2, 2, 2\] in checkpoint'):
+        model.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unknown_layout_lists_keys_and_known_formats(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save({'conv1.weight': torch.zeros(1), 'fc.weight': torch.zeros(1)}, path)
+    with pytest.raises(ValueError) as err:
+        pretrained(path, arch=SMALL)
+    message = str(err.value)
+    assert 'unknown weight layout' in message and "'conv1.weight'" in message
+    for name in ('official', 'timm', 'hf', 'mmpretrain', 'simmim', 'mmdet'):
+        assert name in message
+
+
+def test_empty_truncated_and_missing_files_fail_clearly(tmp_path):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    good = tmp_path / 'good.pth'
+    torch.save(SwinTransformerV2(arch=SMALL).state_dict(), good)
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(good.read_bytes()[:5000])
+    for path, message in [(empty, 'the file is empty'), (truncated, 'truncated or corrupted'),
+                          (tmp_path / 'nope.pth', 'no such file')]:
+        with pytest.raises(CheckpointError, match=message) as err:
+            read_checkpoint(path)
+        assert str(path) in str(err.value)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ('touch PWNED_BY_PICKLE',))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / 'evil.pth'
+    with open(path, 'wb') as f:
+        torch.save({'state_dict': {'w': torch.zeros(1)}, 'payload': _RunsCode()}, f,
+                   pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(CheckpointError, match=r'refused to load.*system') as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / 'PWNED_BY_PICKLE').exists()
