@@ -34,6 +34,41 @@ def pretrained(path, **kwargs):
     return model.eval()
 
 
+def official_checkpoint(fixture, case):
+    """The exact ``{'model': state_dict}`` the official code saved (see make_official_fixtures)."""
+    dtypes = dict(attn_mask=torch.float32, relative_position_index=torch.int64,
+                  relative_coords_table=torch.float32)
+    buffers = {k: v.to(dtypes[k.rsplit('.', 1)[-1]])
+               for k, v in fixture['cases'][case]['buffers'].items()}
+    return {'model': {**fp32(fixture['weights']), **buffers}}
+
+
+@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
+def test_official_checkpoint_matches_official_outputs(tmp_path, case):
+    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    path = tmp_path / 'swinv2_official.pth'
+    torch.save(official_checkpoint(ref, case), path)
+    settings = ref['cases'][case]['settings']
+    assert detect_layout(read_checkpoint(path).state_dict).name == 'official'
+    model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
+                       pretrained_window_sizes=settings['pretrained_window_sizes'])
+    raw, outs = raw_stage_outputs(model, ref['cases'][case]['input'].float())
+    for i, (ours, theirs) in enumerate(zip(raw, ref['cases'][case]['stages'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+    assert max_abs_diff(outs[3], ref['cases'][case]['final_norm']) <= TOL
+
+
+@pytest.mark.parametrize('case, windows, pretrained', [
+    ('w8_256', [8, 8, 8, 8], [0, 0, 0, 0]),
+    ('w16_256_pw12', [16, 16, 16, 8], [12, 12, 12, 6]),  # stage 4 clipped to the 8x8 map
+])
+def test_windows_are_read_from_official_buffers(case, windows, pretrained):
+    from mmswinv2.checkpoints.arch import windows_from_coords_tables
+    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    found = windows_from_coords_tables(official_checkpoint(ref, case)['model'])
+    assert found == dict(window_sizes=windows, pretrained_window_sizes=pretrained)
+
+
 @pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
 def test_mmpretrain_checkpoint_matches_mmpretrain_outputs(tmp_path, case):
     ref = torch.load(os.path.join(FIXTURES, 'mmpretrain_swinv2.pt'), weights_only=True)
