@@ -44,3 +44,34 @@ def test_mmseg_example_config_builds_upernet_and_decodes():
     with torch.no_grad():
         logits = segmentor.decode_head(segmentor.extract_feat(torch.randn(1, 3, 96, 96)))
     assert tuple(logits.shape) == (1, 150, 24, 24)
+
+
+@pytest.mark.parametrize('scope, base', [
+    ('mmdet', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'),
+    ('mmseg', 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'),
+])
+def test_plain_type_resolves_through_custom_imports_alone(tmp_path, scope, base):
+    """A fresh interpreter that never imported mmswinv2: only the config's custom_imports can
+    make the plain name resolve."""
+    import subprocess
+    import sys
+    config = tmp_path / 'my_config.py'
+    config.write_text(
+        f"_base_ = '{base}'\n"
+        "custom_imports = dict(imports=['mmswinv2'], allow_failed_imports=False)\n"
+        "model = dict(backbone=dict(_delete_=True, type='SwinTransformerV2', arch='tiny'))\n")
+    script = (
+        'import sys\n'
+        'from mmengine.config import Config\n'
+        'from mmengine.registry import DefaultScope\n'
+        f'from {scope}.registry import MODELS\n'
+        "assert 'mmswinv2' not in sys.modules\n"
+        f'cfg = Config.fromfile({str(config)!r})\n'
+        f"with DefaultScope.overwrite_default_scope('{scope}'):\n"
+        '    backbone = MODELS.build(cfg.model.backbone)\n'
+        'print(type(backbone).__module__, type(backbone).__name__)\n')
+    root = os.path.join(os.path.dirname(__file__), '..')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            cwd=root, env={**os.environ, 'PYTHONPATH': root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'mmswinv2.models.swin_transformer_v2 SwinTransformerV2' in result.stdout
