@@ -14,7 +14,7 @@ classifier heads, rename keys with ordered regex rules, fuse split q/k/v project
 that nothing unknown is left. Adding a format is adding a table.
 """
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Tuple, Union
 
 import torch
@@ -70,6 +70,18 @@ class Layout:
         return (any(re.search(self.signature, k) for k in keys)
                 and not (self.exclude and any(re.search(self.exclude, k) for k in keys)))
 
+    def dropped(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, list]:
+        """Source keys that :meth:`convert` does not carry over, by reason."""
+        inner = self.unwrap(state_dict)
+        outside = [k for k in state_dict if self.prefix and inner is not state_dict
+                   and not k.startswith(self.prefix)]
+        buffers = re.compile('|'.join(REGENERABLE_BUFFERS))
+        heads = re.compile('|'.join(self.drop)) if self.drop else None
+        return dict(
+            regenerable_buffers=[k for k in inner if buffers.search(k)],
+            heads=[k for k in inner if heads and heads.search(k) and not buffers.search(k)],
+            outside_backbone=outside)
+
     def convert(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Return the canonical state dict; input tensors are not modified."""
         dropped = re.compile('|'.join(self.drop + REGENERABLE_BUFFERS))
@@ -122,13 +134,9 @@ CANONICAL = Layout(
     exclude=_V1_MARK,
 )
 
-MMDET = Layout(
-    name='mmdet',
-    description='whole MMDetection / MMSegmentation checkpoint of a model using this backbone',
-    prefix='backbone.',
-    signature=r'^stages\.\d+\.blocks\.\d+\.attn\.qkv\.weight$',
-    exclude=_V1_MARK,
-)
+MMDET = replace(
+    CANONICAL, name='mmdet', prefix='backbone.',
+    description='whole MMDetection / MMSegmentation checkpoint of a model using this backbone')
 
 OFFICIAL = Layout(
     name='official',
@@ -141,15 +149,11 @@ OFFICIAL = Layout(
              (r'^norm\.', 'norm3.')),
 )
 
-SIMMIM = Layout(
-    name='simmim',
+SIMMIM = replace(
+    OFFICIAL, name='simmim', prefix='encoder.',
     description='SimMIM pre-training checkpoint (official SwinV2 under encoder.)',
-    prefix='encoder.',
-    signature=r'^layers\.0\.downsample\.reduction\.weight$',
     exclude=r'\.attention\.self\.|' + _V1_MARK,  # HF's Swinv2Model keys also start "encoder."
-    drop=(r'^head\.', r'^mask_token$'),
-    renames=OFFICIAL.renames,
-)
+    drop=OFFICIAL.drop + (r'^mask_token$',))
 
 TIMM = Layout(
     name='timm',
@@ -212,13 +216,27 @@ def detect_layout(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint
         + '; '.join(f'{name} ({layout.description})' for name, layout in LAYOUTS.items()))
 
 
+def resolve_layout(state_dict: Dict[str, torch.Tensor], fmt: str = 'auto',
+                   source: str = 'checkpoint') -> Layout:
+    """The detected layout (``fmt='auto'``), or the named one after checking the keys fit it."""
+    if fmt == 'auto':
+        return detect_layout(state_dict, source)
+    if fmt not in LAYOUTS:
+        raise ValueError(f'unknown format {fmt!r}; known: auto, {", ".join(LAYOUTS)}')
+    layout = LAYOUTS[fmt]
+    if not layout.matches(state_dict):
+        try:
+            detected = f'it looks like {detect_layout(state_dict, source).name}'
+        except ValueError:
+            detected = 'no known layout matches it'
+        raise ValueError(f'{source}: format {fmt!r} was requested, but no key matches that '
+                         f'layout (expected one like /{layout.signature}/); {detected}')
+    return layout
+
+
 def convert_state_dict(state_dict: Dict[str, torch.Tensor],
                        layout: str = 'auto') -> Dict[str, torch.Tensor]:
     """Convert ``state_dict`` from the named public layout (or the detected one) to ours."""
-    if layout == 'auto':
-        return detect_layout(state_dict).convert(state_dict)
-    if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; known: {sorted(LAYOUTS)} or auto')
-    return LAYOUTS[layout].convert(state_dict)
+    return resolve_layout(state_dict, layout).convert(state_dict)
 
 

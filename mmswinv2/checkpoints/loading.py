@@ -5,8 +5,21 @@ from typing import Optional
 import torch
 
 from .arch import describe_mismatch, infer_arch
-from .formats import LAYOUTS, detect_layout
+from .formats import resolve_layout
 from .io import CheckpointError, read_checkpoint
+
+
+def read_backbone_weights(path: str, layout: str = 'auto'):
+    """Read ``path`` and convert it: ``(checkpoint, layout, canonical state dict, arch)``."""
+    ckpt = read_checkpoint(path)
+    found = resolve_layout(ckpt.state_dict, layout, ckpt.path)
+    state_dict = found.convert(ckpt.state_dict)
+    try:
+        arch = infer_arch(state_dict)
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f'{ckpt.path}: read as {found.name} but {err} is missing; '
+                              f'is it a SwinV2 backbone checkpoint?') from None
+    return ckpt, found, state_dict, arch
 
 
 def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
@@ -20,14 +33,7 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     are set to the identity (weight 1, bias 0) and reported.
     Returns a summary: ``format``, ``arch``, ``missing_norms``.
     """
-    ckpt = read_checkpoint(path)
-    found = detect_layout(ckpt.state_dict, ckpt.path) if layout == 'auto' else LAYOUTS[layout]
-    state_dict = found.convert(ckpt.state_dict)
-    try:
-        arch = infer_arch(state_dict)
-    except KeyError as err:
-        raise CheckpointError(f'{ckpt.path}: read as {found.name} but {err} is missing; '
-                              f'is it a SwinV2 backbone checkpoint?') from None
+    ckpt, found, state_dict, arch = read_backbone_weights(path, layout)
     mismatch = describe_mismatch(_model_arch(model), arch)
     if mismatch:
         raise CheckpointError(f'{ckpt.path}: architecture mismatch: ' + '; '.join(mismatch))

@@ -1,0 +1,100 @@
+"""Convert a public SwinV2 checkpoint into an mmswinv2 / OpenMMLab checkpoint.
+
+    python tools/convert_checkpoint.py SRC DST [--format auto|official|hf|timm|mmpretrain|
+                                                          simmim|mmdet|mmswinv2]
+
+SRC: an official microsoft/Swin-Transformer ``.pth``, an HF model folder (``config.json`` +
+``model.safetensors`` / ``pytorch_model.bin``) or weight file, a timm ``swinv2_*`` file, an
+mmpretrain or SimMIM checkpoint, or a whole mmdet/mmseg checkpoint of a model using this backbone.
+The layout and architecture are read from the file; no architecture flags are needed.
+
+DST gets ``{'state_dict': <backbone weights, our layout>, 'meta': {...}}`` with the source
+format, arch (embed dims, depths, heads), and window / pretrained window sizes when the source
+records them. Use it with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` (the backbone
+also reads SRC directly). Nothing is written unless the conversion succeeds.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+from mmswinv2 import __version__  # noqa: E402
+from mmswinv2.checkpoints import LAYOUTS, CheckpointError  # noqa: E402
+from mmswinv2.checkpoints.arch import windows_from_coords_tables, windows_from_hf_config  # noqa
+from mmswinv2.checkpoints.loading import read_backbone_weights  # noqa: E402
+
+#: Where each layout keeps per-stage position buffers that reveal the window sizes.
+BUFFER_STAGE_KEYS = dict(official=r'layers\.(\d+)\.blocks\.0\.attn\.',
+                         simmim=r'layers\.(\d+)\.blocks\.0\.attn\.',
+                         mmpretrain=r'stages\.(\d+)\.blocks\.0\.attn\.w_msa\.')
+
+
+def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
+    """Convert ``src`` and write ``dst`` atomically; return the summary printed by the CLI."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise CheckpointError(f'{dst}: refusing to overwrite the source checkpoint')
+    ckpt, layout, state_dict, arch = read_backbone_weights(src, fmt)
+    windows = None
+    if ckpt.hf_config is not None:
+        windows = windows_from_hf_config(ckpt.hf_config)
+    elif layout.name in BUFFER_STAGE_KEYS:
+        windows = windows_from_coords_tables(layout.unwrap(ckpt.state_dict),
+                                             BUFFER_STAGE_KEYS[layout.name])
+    meta = dict(source=os.path.abspath(src), source_format=layout.name, arch=arch,
+                window_sizes=windows and windows['window_sizes'],
+                pretrained_window_sizes=windows and windows['pretrained_window_sizes'],
+                mmswinv2_version=__version__)
+    _save_atomically({'state_dict': state_dict, 'meta': meta}, dst)
+    return dict(meta, dst=dst, parameters=sum(v.numel() for v in state_dict.values()),
+                dropped=layout.dropped(ckpt.state_dict))
+
+
+def _save_atomically(obj, dst):
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.converting-', suffix='.pth', dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('src', help='checkpoint file or HF model folder')
+    parser.add_argument('dst', help='output .pth')
+    parser.add_argument('--format', default='auto', choices=['auto', *LAYOUTS],
+                        help='source layout (default: detected from the keys)')
+    args = parser.parse_args(argv)
+    try:
+        summary = convert(args.src, args.dst, args.format)
+    except (CheckpointError, ValueError, KeyError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    arch = summary['arch']
+    dropped = summary['dropped']
+    windows = ('not recorded in the file: set window_size / pretrained_window_sizes in your '
+               'config' if summary['window_sizes'] is None else
+               f"{summary['window_sizes']}, pretrained {summary['pretrained_window_sizes']}")
+    print(f"format:      {summary['source_format']} ({LAYOUTS[summary['source_format']].description})")
+    print(f"arch:        embed_dims {arch['embed_dims']}, depths {arch['depths']}, "
+          f"num_heads {arch['num_heads']}, patch {arch['patch_size']}")
+    print(f'windows:     {windows}')
+    print(f"parameters:  {summary['parameters'] / 1e6:.2f} M")
+    print(f"dropped:     {len(dropped['regenerable_buffers'])} regenerable buffers, "
+          f"{len(dropped['heads'])} head tensors, {len(dropped['outside_backbone'])} "
+          f"non-backbone tensors")
+    print(f"wrote:       {summary['dst']}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
