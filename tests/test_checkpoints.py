@@ -198,3 +198,57 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
         read_checkpoint(path)
     assert str(path) in str(err.value)
     assert not (tmp_path / 'PWNED_BY_PICKLE').exists()
+
+
+# The public HF checkpoints named in the checkpoints issue, by their published configs
+# (large: depths reduced from [2, 2, 18, 2]; window and stage settings kept).
+HF_SEEDS = {
+    'microsoft/swinv2-tiny-patch4-window8-256': dict(
+        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=8,
+        pretrained_window_sizes=[0, 0, 0, 0]),
+    'microsoft/swinv2-tiny-patch4-window16-256': dict(
+        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=16,
+        pretrained_window_sizes=[0, 0, 0, 0]),
+    'microsoft/swinv2-large-patch4-window12to16-192to256-22kto1k-ft': dict(
+        embed_dim=192, depths=[2, 2, 2, 2], num_heads=[6, 12, 24, 48], window_size=16,
+        pretrained_window_sizes=[12, 12, 12, 6]),
+}
+
+
+def hf_stage_outputs(hf_model, x):
+    """HF's per-stage hidden states before patch merging, NCHW."""
+    outs = []
+
+    def grab(module, inputs, output):
+        hidden, dims = output[1], output[2]
+        outs.append(hidden.view(hidden.shape[0], dims[0], dims[1], -1).permute(0, 3, 1, 2))
+
+    hooks = [stage.register_forward_hook(grab) for stage in hf_model.swinv2.encoder.layers]
+    try:
+        with torch.no_grad():
+            hf_model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+@pytest.mark.parametrize('name', list(HF_SEEDS))
+def test_public_hf_checkpoint_configs_load_with_stage_parity(tmp_path, name):
+    from transformers import Swinv2ForImageClassification
+    settings = HF_SEEDS[name]
+    config = Swinv2Config(image_size=256, num_labels=1000, **settings)
+    hf = randomize_(Swinv2ForImageClassification(config), seed=len(name)).eval()
+    hf.save_pretrained(tmp_path / name.split('/')[1])
+    model = pretrained(tmp_path / name.split('/')[1],
+                       arch=dict(embed_dims=settings['embed_dim'], depths=settings['depths'],
+                                 num_heads=settings['num_heads']),
+                       window_size=settings['window_size'],
+                       pretrained_window_sizes=settings['pretrained_window_sizes'])
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    raw, outs = raw_stage_outputs(model, x)
+    for i, (ours, theirs) in enumerate(zip(raw, hf_stage_outputs(hf, x))):
+        assert max_abs_diff(ours, theirs) <= TOL, f'{name}: stage {i}'
+    with torch.no_grad():
+        final = hf.swinv2(x).last_hidden_state
+    assert max_abs_diff(outs[3].flatten(2).transpose(1, 2), final) <= TOL
