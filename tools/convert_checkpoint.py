@@ -1,7 +1,7 @@
 """Convert a public SwinV2 checkpoint into an mmswinv2 / OpenMMLab checkpoint.
 
     python tools/convert_checkpoint.py SRC DST [--format auto|official|hf|timm|mmpretrain|
-                                                          simmim|mmdet|mmswinv2]
+                                                          simmim|mmdet|mmswinv2|swin_v1]
 
 SRC: an official microsoft/Swin-Transformer ``.pth``, an HF model folder (``config.json`` +
 ``model.safetensors`` / ``pytorch_model.bin``) or weight file, a timm ``swinv2_*`` file, an
@@ -11,7 +11,14 @@ The layout and architecture are read from the file; no architecture flags are ne
 DST gets ``{'state_dict': <backbone weights, our layout>, 'meta': {...}}`` with the source
 format, arch (embed dims, depths, heads), and window / pretrained window sizes when the source
 records them. Use it with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` (the backbone
-also reads SRC directly). Nothing is written unless the conversion succeeds.
+also reads SRC directly).
+
+Swin V1 checkpoints (official, timm, HF; detected, or ``--format swin_v1``) are converted for
+mmdet's / mmseg's own ``SwinTransformer`` instead: ``backbone.``-prefixed keys in their layout, to
+load with ``type='SwinTransformer', convert_weights=False,
+init_cfg=dict(type='Pretrained', checkpoint=DST)``.
+
+Nothing is written unless the conversion succeeds.
 """
 import argparse
 import os
@@ -22,9 +29,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmswinv2 import __version__  # noqa: E402
-from mmswinv2.checkpoints import LAYOUTS, CheckpointError  # noqa: E402
-from mmswinv2.checkpoints.arch import windows_from_coords_tables, windows_from_hf_config  # noqa
-from mmswinv2.checkpoints.loading import read_backbone_weights  # noqa: E402
+from mmswinv2.checkpoints import LAYOUTS, CheckpointError, read_checkpoint  # noqa: E402
+from mmswinv2.checkpoints.arch import (infer_swin_v1_arch, windows_from_coords_tables,  # noqa
+                                       windows_from_hf_config)
+from mmswinv2.checkpoints.formats import V1_LAYOUTS, detect_v1_layout  # noqa: E402
+from mmswinv2.checkpoints.loading import backbone_weights  # noqa: E402
+
+FORMATS = ['auto', *LAYOUTS, 'swin_v1']
 
 #: Where each layout keeps per-stage position buffers that reveal the window sizes.
 BUFFER_STAGE_KEYS = dict(official=r'layers\.(\d+)\.blocks\.0\.attn\.',
@@ -36,7 +47,12 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
     """Convert ``src`` and write ``dst`` atomically; return the summary printed by the CLI."""
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CheckpointError(f'{dst}: refusing to overwrite the source checkpoint')
-    ckpt, layout, state_dict, arch = read_backbone_weights(src, fmt)
+    ckpt = read_checkpoint(src)
+    is_v1 = fmt == 'swin_v1' or (
+        fmt == 'auto' and any(v1.matches(ckpt.state_dict) for v1 in V1_LAYOUTS.values()))
+    if is_v1:
+        return _convert_swin_v1(ckpt, dst)
+    ckpt, layout, state_dict, arch = backbone_weights(ckpt, fmt)
     windows = None
     if ckpt.hf_config is not None:
         windows = windows_from_hf_config(ckpt.hf_config)
@@ -48,6 +64,23 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
                 pretrained_window_sizes=windows and windows['pretrained_window_sizes'],
                 mmswinv2_version=__version__)
     _save_atomically({'state_dict': state_dict, 'meta': meta}, dst)
+    return dict(meta, dst=dst, parameters=sum(v.numel() for v in state_dict.values()),
+                dropped=layout.dropped(ckpt.state_dict))
+
+
+def _convert_swin_v1(ckpt, dst):
+    layout = detect_v1_layout(ckpt.state_dict, ckpt.path)
+    state_dict = layout.convert(ckpt.state_dict)
+    try:
+        arch = infer_swin_v1_arch(state_dict)
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f'{ckpt.path}: read as {layout.name} but {err} is missing') from None
+    meta = dict(source=os.path.abspath(ckpt.path), source_format=layout.name, arch=arch,
+                window_sizes=[arch['window_size']] * len(arch['depths']),
+                pretrained_window_sizes=None, mmswinv2_version=__version__,
+                target="mmdet / mmseg SwinTransformer (convert_weights=False)")
+    _save_atomically({'state_dict': {f'backbone.{k}': v for k, v in state_dict.items()},
+                      'meta': meta}, dst)
     return dict(meta, dst=dst, parameters=sum(v.numel() for v in state_dict.values()),
                 dropped=layout.dropped(ckpt.state_dict))
 
@@ -71,7 +104,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument('src', help='checkpoint file or HF model folder')
     parser.add_argument('dst', help='output .pth')
-    parser.add_argument('--format', default='auto', choices=['auto', *LAYOUTS],
+    parser.add_argument('--format', default='auto', choices=FORMATS,
                         help='source layout (default: detected from the keys)')
     args = parser.parse_args(argv)
     try:
@@ -84,7 +117,10 @@ def main(argv=None):
     windows = ('not recorded in the file: set window_size / pretrained_window_sizes in your '
                'config' if summary['window_sizes'] is None else
                f"{summary['window_sizes']}, pretrained {summary['pretrained_window_sizes']}")
-    print(f"format:      {summary['source_format']} ({LAYOUTS[summary['source_format']].description})")
+    layout = {**LAYOUTS, **V1_LAYOUTS}[summary['source_format']]
+    print(f"format:      {summary['source_format']} ({layout.description})")
+    if 'target' in summary:
+        print(f"target:      {summary['target']}")
     print(f"arch:        embed_dims {arch['embed_dims']}, depths {arch['depths']}, "
           f"num_heads {arch['num_heads']}, patch {arch['patch_size']}")
     print(f'windows:     {windows}')

@@ -5,6 +5,7 @@ are not in the weights (the position bias is an MLP); they come from an HF ``con
 from the official checkpoints' ``relative_coords_table`` buffers, whose extent also reveals the
 pretrained window the table was normalised with.
 """
+import math
 import re
 from typing import Dict, List, Optional
 
@@ -15,16 +16,35 @@ def infer_arch(state_dict: Dict[str, torch.Tensor]) -> dict:
     """``embed_dims``, ``depths``, ``num_heads``, ``patch_size``, ``in_channels`` of a canonical
     state dict."""
     proj = state_dict['patch_embed.proj.weight']
+    depths = _blocks_per_stage(state_dict)
+    return dict(
+        embed_dims=proj.shape[0], in_channels=proj.shape[1], patch_size=proj.shape[-1],
+        depths=depths,
+        num_heads=[state_dict[f'stages.{i}.blocks.0.attn.logit_scale'].shape[0]
+                   for i in range(len(depths))])
+
+
+def _blocks_per_stage(state_dict: Dict[str, torch.Tensor]) -> List[int]:
     blocks: Dict[int, set] = {}
     for key in state_dict:
         m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.', key)
         if m:
             blocks.setdefault(int(m[1]), set()).add(int(m[2]))
-    stages = sorted(blocks)
-    return dict(
-        embed_dims=proj.shape[0], in_channels=proj.shape[1], patch_size=proj.shape[-1],
-        depths=[len(blocks[i]) for i in stages],
-        num_heads=[state_dict[f'stages.{i}.blocks.0.attn.logit_scale'].shape[0] for i in stages])
+    if sorted(blocks) != list(range(len(blocks))) or not blocks:
+        raise KeyError(f'stages 0..n (found stages {sorted(blocks)})')
+    return [len(blocks[i]) for i in range(len(blocks))]
+
+
+def infer_swin_v1_arch(state_dict: Dict[str, torch.Tensor]) -> dict:
+    """Arch of a Swin V1 state dict in mmdet's layout: dims, depths, heads, window size."""
+    proj = state_dict['patch_embed.projection.weight']
+    depths = _blocks_per_stage(state_dict)
+    tables = [state_dict[f'stages.{i}.blocks.0.attn.w_msa.relative_position_bias_table']
+              for i in range(len(depths))]
+    rows = tables[0].shape[0]
+    return dict(embed_dims=proj.shape[0], in_channels=proj.shape[1], patch_size=proj.shape[-1],
+                depths=depths, num_heads=[t.shape[1] for t in tables],
+                window_size=(math.isqrt(rows) + 1) // 2)
 
 
 def windows_from_hf_config(config: dict) -> dict:

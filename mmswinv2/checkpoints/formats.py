@@ -38,23 +38,24 @@ class Layout:
 
     Attributes:
         name: the format's name, as used by ``--format``.
-        signature: regex one key must match (after ``prefix`` is stripped) for detection.
+        signature: regex (or tuple of regexes) each matched by some key (after ``prefix`` is
+            stripped) for detection.
         exclude: regex no key may match for detection.
         prefix: wrapper prefix (``backbone.``, ``encoder.``): when keys carry it, only those keys
             are kept (other heads and necks are ignored) and it is stripped.
         drop: regexes of keys that carry no backbone weights (heads) or regenerable buffers.
         renames: ordered ``(pattern, replacement)`` regex rules, each applied once per key.
-        fuse_qkv: suffixes ``(q, k, v)`` of separate projection weights to concatenate into
-            ``attn.qkv.weight`` (HF).
+        fuse_qkv: module names ``(q, k, v, fused)``: separate q/k/v projections (weights and
+            biases) are concatenated into one ``fused`` projection (HF).
         reorders: ``(pattern, function)``: tensors whose canonical key matches are transformed.
     """
     name: str
-    signature: str = ''
+    signature: Union[str, Tuple[str, ...]] = ''
     exclude: str = ''
     prefix: str = ''
     drop: Tuple[str, ...] = ()
     renames: Tuple[Rename, ...] = ()
-    fuse_qkv: Tuple[str, str, str] = ()
+    fuse_qkv: Tuple[str, str, str, str] = ()
     reorders: Tuple[Tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
     description: str = field(default='', compare=False)
 
@@ -67,7 +68,8 @@ class Layout:
 
     def matches(self, state_dict: Dict[str, torch.Tensor]) -> bool:
         keys = list(self.unwrap(state_dict))
-        return (any(re.search(self.signature, k) for k in keys)
+        signatures = (self.signature,) if isinstance(self.signature, str) else self.signature
+        return (all(any(re.search(sig, k) for k in keys) for sig in signatures)
                 and not (self.exclude and any(re.search(self.exclude, k) for k in keys)))
 
     def dropped(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, list]:
@@ -99,29 +101,42 @@ class Layout:
         return out
 
 
-def unfold_to_official_order(weight: torch.Tensor) -> torch.Tensor:
-    """Patch-merging reduction weight ``(out, 4C)`` from ``nn.Unfold`` channel order (mmcv /
-    mmpretrain: channel-major, positions (0,0), (0,1), (1,0), (1,1)) to the official order
-    (position-major: (0,0), (1,0), (0,1), (1,1)). Swapping positions 1 and 2 is its own inverse."""
-    out_dims, in_dims = weight.shape
-    w = weight.reshape(out_dims, in_dims // 4, 4).transpose(1, 2)  # (out, position, C)
-    return w[:, [0, 2, 1, 3]].reshape(out_dims, in_dims)
-
-
-def _fuse_qkv(state_dict: Dict[str, torch.Tensor], q: str, k: str, v: str):
+def _fuse_qkv(state_dict: Dict[str, torch.Tensor], q: str, k: str, v: str, fused: str):
+    """Concatenate ``<m>.{q,k,v}.{weight,bias}`` into ``<m>.{fused}.{weight,bias}``."""
+    pattern = re.compile(rf'^(.*\.)({re.escape(q)}|{re.escape(k)}|{re.escape(v)})\.(weight|bias)$')
     out = {}
     for key, value in state_dict.items():
-        if key.endswith(k) or key.endswith(v):
-            continue
-        if key.endswith(q):
-            prefix = key[:-len(q)]
-            missing = [prefix + s for s in (k, v) if prefix + s not in state_dict]
+        m = pattern.match(key)
+        if m is None:
+            out[key] = value
+        elif m[2] == q:
+            parts = [f'{m[1]}{name}.{m[3]}' for name in (q, k, v)]
+            missing = [p for p in parts if p not in state_dict]
             if missing:
                 raise KeyError(f'{key} has no matching {", ".join(missing)}')
-            value = torch.cat([state_dict[prefix + s] for s in (q, k, v)], dim=0)
-            key = prefix + 'qkv.weight'
-        out[key] = value
+            out[f'{m[1]}{fused}.{m[3]}'] = torch.cat([state_dict[p] for p in parts], dim=0)
     return out
+
+
+# 2x2 patch merging concatenates 4 neighbours into 4C channels. Official / timm / HF / ours order
+# them position-major, (0,0), (1,0), (0,1), (1,1); mmcv's nn.Unfold (mmdet, mmseg, mmpretrain)
+# channel-major with positions (0,0), (0,1), (1,0), (1,1). Both functions act on the last axis
+# (a reduction weight's input channels, or a V1 pre-norm's 4C parameters).
+_SWAP_MIDDLE_POSITIONS = [0, 2, 1, 3]
+
+
+def unfold_to_official_order(t: torch.Tensor) -> torch.Tensor:
+    """4C channels from nn.Unfold order to the official order."""
+    *lead, channels = t.shape
+    t = t.reshape(*lead, channels // 4, 4).transpose(-1, -2)  # (..., position, C)
+    return t[..., _SWAP_MIDDLE_POSITIONS, :].reshape(*lead, channels)
+
+
+def official_to_unfold_order(t: torch.Tensor) -> torch.Tensor:
+    """4C channels from the official order to nn.Unfold order (mmdet / mmseg V1 layout)."""
+    *lead, channels = t.shape
+    t = t.reshape(*lead, 4, channels // 4)[..., _SWAP_MIDDLE_POSITIONS, :]
+    return t.transpose(-1, -2).reshape(*lead, channels)
 
 
 _V2_QKV = r'^layers\.\d+\.blocks\.\d+\.attn\.qkv\.weight$'
@@ -185,7 +200,7 @@ HF = Layout(
              (r'\.intermediate\.dense\.', '.mlp.fc1.'),
              (r'\.output\.dense\.', '.mlp.fc2.'),
              (r'^layernorm\.', 'norm3.')),
-    fuse_qkv=('query.weight', 'key.weight', 'value.weight'),
+    fuse_qkv=('query', 'key', 'value', 'qkv'),
 )
 
 MMPRETRAIN = Layout(
@@ -206,11 +221,94 @@ LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
     CANONICAL, MMDET, OFFICIAL, HF, SIMMIM, TIMM, MMPRETRAIN)}
 
 
+# ---- Swin V1 ------------------------------------------------------------------------------
+# V1 weights do not fit SwinV2 (pre-norm, dot-product attention, bias tables). They convert to
+# the layout of mmdet's and mmseg's own ``SwinTransformer`` so V1 baselines run in the same
+# configs and tools: patch_embed.projection, stages.{i}.blocks.{j}.{norm1, norm2,
+# attn.w_msa.{qkv, proj, relative_position_bias_table}, ffn.layers.0.0, ffn.layers.1},
+# stages.{i}.downsample.{norm (4C), reduction} at the END of stage i in nn.Unfold channel order,
+# and the final norm as norm3. Written with the ``backbone.`` prefix mmdet's loader requires.
+_V1_TABLE = r'\.relative_position_bias_table$'
+_V1_BLOCK_TAIL = ((r'\.mlp\.fc1\.', '.ffn.layers.0.0.'),
+                  (r'\.mlp\.fc2\.', '.ffn.layers.1.'),
+                  (r'^norm\.', 'norm3.'))
+_V1_MERGE_TO_UNFOLD = ((r'^stages\.\d+\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$',
+                        official_to_unfold_order),)
+
+SWIN_V1_OFFICIAL = Layout(
+    name='swin_v1_official',
+    description='Swin V1, microsoft/Swin-Transformer .pth',
+    signature=(r'^layers\.0\.downsample\.reduction\.weight$', r'^layers\.\d+.*' + _V1_TABLE),
+    drop=(r'^head\.',),
+    renames=((r'^patch_embed\.proj\.', 'patch_embed.projection.'),
+             (r'^layers\.', 'stages.'),
+             (r'\.attn\.', '.attn.w_msa.')) + _V1_BLOCK_TAIL,
+    reorders=_V1_MERGE_TO_UNFOLD,
+)
+
+SWIN_V1_TIMM = Layout(
+    name='swin_v1_timm',
+    description='Swin V1, timm swin_* (downsample at the start of the next stage)',
+    signature=(r'^layers\.1\.downsample\.reduction\.weight$', r'^layers\.\d+.*' + _V1_TABLE),
+    exclude=r'^layers\.0\.downsample\.',
+    drop=(r'^head\.',),
+    renames=((r'^patch_embed\.proj\.', 'patch_embed.projection.'),
+             (r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.'),
+             (r'^layers\.', 'stages.'),
+             (r'\.attn\.', '.attn.w_msa.')) + _V1_BLOCK_TAIL,
+    reorders=_V1_MERGE_TO_UNFOLD,
+)
+
+SWIN_V1_HF = Layout(
+    name='swin_v1_hf',
+    description='Swin V1, HF transformers SwinModel / SwinForImageClassification '
+                '(Hub names and transformers 5 in-memory names)',
+    signature=(r'^(swin\.)?encoder\.layers\.', _V1_TABLE),
+    drop=(r'^classifier\.', r'(^|\.)hidden_states_norms\.'),
+    renames=((r'^swin\.', ''),
+             (r'^embeddings\.patch_embeddings\.projection\.', 'patch_embed.projection.'),
+             (r'^embeddings\.norm\.', 'patch_embed.norm.'),
+             (r'^encoder\.layers\.', 'stages.'),
+             # transformers 5 in-memory names
+             (r'\.attention\.([qkv])_proj\.',
+              lambda m: '.attn.w_msa.' + dict(q='query', k='key', v='value')[m[1]] + '.'),
+             (r'\.attention\.o_proj\.', '.attn.w_msa.proj.'),
+             (r'\.attention\.relative_position_bias\.', '.attn.w_msa.'),
+             # Hub (transformers 4) names
+             (r'\.attention\.self\.', '.attn.w_msa.'),
+             (r'\.attention\.output\.dense\.', '.attn.w_msa.proj.'),
+             (r'\.layernorm_before\.', '.norm1.'),
+             (r'\.layernorm_after\.', '.norm2.'),
+             (r'\.intermediate\.dense\.', '.ffn.layers.0.0.'),
+             (r'\.output\.dense\.', '.ffn.layers.1.'),
+             (r'^layernorm\.', 'norm3.')) + _V1_BLOCK_TAIL[:2],
+    fuse_qkv=('query', 'key', 'value', 'qkv'),
+    reorders=_V1_MERGE_TO_UNFOLD,
+)
+
+V1_LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
+    SWIN_V1_OFFICIAL, SWIN_V1_TIMM, SWIN_V1_HF)}
+
+
+def detect_v1_layout(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Layout:
+    for layout in V1_LAYOUTS.values():
+        if layout.matches(state_dict):
+            return layout
+    raise ValueError(f'{source}: not a Swin V1 checkpoint in a known layout (official, timm, '
+                     f'HF). First keys: {list(state_dict)[:8]}')
+
+
 def detect_layout(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Layout:
     """The layout whose signature the keys match; a clear error if none does."""
     for layout in LAYOUTS.values():
         if layout.matches(state_dict):
             return layout
+    for layout in V1_LAYOUTS.values():
+        if layout.matches(state_dict):
+            raise ValueError(
+                f'{source}: a Swin V1 checkpoint ({layout.description}); SwinV2 cannot use it. '
+                f'Convert it for mmdet\'s / mmseg\'s SwinTransformer with '
+                f'tools/convert_checkpoint.py SRC DST --format swin_v1')
     raise ValueError(
         f'{source}: unknown weight layout. First keys: {list(state_dict)[:8]}. Known formats: '
         + '; '.join(f'{name} ({layout.description})' for name, layout in LAYOUTS.items()))

@@ -6,12 +6,16 @@ import torch
 
 from .arch import describe_mismatch, infer_arch
 from .formats import resolve_layout
-from .io import CheckpointError, read_checkpoint
+from .io import Checkpoint, CheckpointError, read_checkpoint
 
 
 def read_backbone_weights(path: str, layout: str = 'auto'):
     """Read ``path`` and convert it: ``(checkpoint, layout, canonical state dict, arch)``."""
-    ckpt = read_checkpoint(path)
+    return backbone_weights(read_checkpoint(path), layout)
+
+
+def backbone_weights(ckpt: Checkpoint, layout: str = 'auto'):
+    """Convert a read checkpoint: ``(checkpoint, layout, canonical state dict, arch)``."""
     found = resolve_layout(ckpt.state_dict, layout, ckpt.path)
     state_dict = found.convert(ckpt.state_dict)
     try:

@@ -1,0 +1,87 @@
+"""Swin V1 checkpoints convert into mmdet's / mmseg's own SwinTransformer layout.
+
+Reference: HF transformers' Swin V1 (in-process). A randomised model with the public
+``microsoft/swin-tiny-patch4-window7-224`` settings (depths reduced) is saved as an HF folder,
+converted with tools/convert_checkpoint.py, loaded by mmdet's ``SwinTransformer`` through its
+own ``init_cfg`` (``convert_weights=False``) and compared stage by stage at 448x448, where every
+stage map is larger than the window (mmdet always shifts; HF clips like the official code when
+a map is no larger than the window).
+"""
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from transformers import SwinConfig, SwinForImageClassification
+
+from helpers import max_abs_diff, randomize_
+from test_convert_checkpoint import convert_checkpoint
+
+TINY_V1 = dict(embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
+
+
+def hf_stage_outputs(hf_swin, x):
+    """HF's per-stage hidden states before patch merging (NCHW), via the encoder's own option."""
+    with torch.no_grad():
+        embeddings, dims = hf_swin.embeddings(x)
+        encoded = hf_swin.encoder(embeddings, dims, output_hidden_states=True,
+                                  output_hidden_states_before_downsampling=True)
+    return encoded.reshaped_hidden_states[1:]  # [0] is the patch embedding
+
+
+def mmdet_stage_outputs(backbone, x):
+    outs = []
+
+    def grab(module, inputs, output):  # SwinBlockSequence -> (x_down, hw_down, x, hw)
+        hidden, (h, w) = output[2], output[3]
+        outs.append(hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2))
+
+    hooks = [stage.register_forward_hook(grab) for stage in backbone.stages]
+    try:
+        with torch.no_grad():
+            final = backbone(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs, final
+
+
+@pytest.fixture(scope='module')
+def hf_v1(tmp_path_factory):
+    config = SwinConfig(image_size=448, num_labels=1000, **TINY_V1)
+    hf = randomize_(SwinForImageClassification(config), seed=11).eval()
+    folder = tmp_path_factory.mktemp('swin-tiny-patch4-window7-224')
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def test_hf_swin_v1_converts_into_mmdet_swin_with_stage_parity(hf_v1, tmp_path, capsys):
+    from mmdet.models.backbones import SwinTransformer
+    hf, folder = hf_v1
+    dst = tmp_path / 'swin_tiny_mmdet.pth'
+    assert convert_checkpoint.main([str(folder), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert 'format:      swin_v1_hf' in printed and 'mmdet / mmseg SwinTransformer' in printed
+
+    mmdet_swin = SwinTransformer(
+        embed_dims=96, depths=TINY_V1['depths'], num_heads=TINY_V1['num_heads'], window_size=7,
+        drop_path_rate=0., convert_weights=False,
+        # as a config file passes it (mmdet reads init_cfg.checkpoint as an attribute)
+        init_cfg=ConfigDict(type='Pretrained', checkpoint=str(dst)))
+    mmdet_swin.init_weights()
+    mmdet_swin.eval()
+
+    x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    theirs = hf_stage_outputs(hf.swin, x)
+    ours, final = mmdet_stage_outputs(mmdet_swin, x)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert max_abs_diff(a, b) <= 1e-4, f'stage {i}'
+    with torch.no_grad():
+        hf_final = hf.swin(x).last_hidden_state  # after the final layernorm
+    assert max_abs_diff(final[3].flatten(2).transpose(1, 2), hf_final) <= 1e-4
+
+
+def test_swin_v1_checkpoint_given_to_the_v2_backbone_says_what_to_do(hf_v1):
+    from mmswinv2 import SwinTransformerV2
+    _, folder = hf_v1
+    model = SwinTransformerV2(init_cfg=dict(type='Pretrained', checkpoint=str(folder)))
+    with pytest.raises(ValueError, match=r'a Swin V1 checkpoint .*--format swin_v1'):
+        model.init_weights()
