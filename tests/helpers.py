@@ -33,16 +33,22 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def raw_stage_outputs(model: nn.Module, x: torch.Tensor):
-    """Run an mmswinv2 backbone; return its stage outputs before the output norms (NCHW) and its
-    normal (normalised) outputs."""
-    raw = []
-    hooks = [stage.register_forward_hook(lambda m, i, o: raw.append(o.permute(0, 3, 1, 2)))
-             for stage in model.stages]
+def capture_outputs(modules, run, extract=lambda output: output):
+    """Call ``run()`` without gradients; return ``extract(output)`` of every call of each of
+    ``modules`` (in call order) and what ``run`` returned."""
+    captured = []
+    hooks = [m.register_forward_hook(lambda module, inputs, output:
+                                     captured.append(extract(output))) for m in modules]
     try:
         with torch.no_grad():
-            outs = model(x)
+            result = run()
     finally:
         for h in hooks:
             h.remove()
-    return raw, outs
+    return captured, result
+
+
+def raw_stage_outputs(model: nn.Module, x: torch.Tensor):
+    """Run an mmswinv2 backbone; return its stage outputs before the output norms (NCHW) and its
+    normal (normalised) outputs."""
+    return capture_outputs(model.stages, lambda: model(x), lambda o: o.permute(0, 3, 1, 2))

@@ -14,7 +14,7 @@ from transformers import Swinv2Config, Swinv2Model
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import CheckpointError, detect_layout, read_checkpoint
 
-from helpers import max_abs_diff, randomize_, raw_stage_outputs
+from helpers import capture_outputs, max_abs_diff, randomize_, raw_stage_outputs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
@@ -217,20 +217,10 @@ HF_SEEDS = {
 
 def hf_stage_outputs(hf_model, x):
     """HF's per-stage hidden states before patch merging, NCHW."""
-    outs = []
-
-    def grab(module, inputs, output):
+    def before_merge(output):  # Swinv2Stage -> (hidden, hidden before merging, dims, ...)
         hidden, dims = output[1], output[2]
-        outs.append(hidden.view(hidden.shape[0], dims[0], dims[1], -1).permute(0, 3, 1, 2))
-
-    hooks = [stage.register_forward_hook(grab) for stage in hf_model.swinv2.encoder.layers]
-    try:
-        with torch.no_grad():
-            hf_model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outs
+        return hidden.view(hidden.shape[0], dims[0], dims[1], -1).permute(0, 3, 1, 2)
+    return capture_outputs(hf_model.swinv2.encoder.layers, lambda: hf_model(x), before_merge)[0]
 
 
 @pytest.mark.parametrize('name', list(HF_SEEDS))

@@ -12,7 +12,7 @@ import torch
 from mmengine.config import ConfigDict
 from transformers import SwinConfig, SwinForImageClassification
 
-from helpers import max_abs_diff, randomize_
+from helpers import capture_outputs, max_abs_diff, randomize_
 from test_convert_checkpoint import convert_checkpoint
 
 TINY_V1 = dict(embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
@@ -28,20 +28,11 @@ def hf_stage_outputs(hf_swin, x):
 
 
 def mmdet_stage_outputs(backbone, x):
-    outs = []
-
-    def grab(module, inputs, output):  # SwinBlockSequence -> (x_down, hw_down, x, hw)
+    """mmdet's per-stage outputs before patch merging (NCHW), and its normalised outputs."""
+    def before_merge(output):  # SwinBlockSequence -> (x_down, hw_down, x, hw)
         hidden, (h, w) = output[2], output[3]
-        outs.append(hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2))
-
-    hooks = [stage.register_forward_hook(grab) for stage in backbone.stages]
-    try:
-        with torch.no_grad():
-            final = backbone(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outs, final
+        return hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    return capture_outputs(backbone.stages, lambda: backbone(x), before_merge)
 
 
 @pytest.fixture(scope='module')
