@@ -242,3 +242,35 @@ def test_public_hf_checkpoint_configs_load_with_stage_parity(tmp_path, name):
     with torch.no_grad():
         final = hf.swinv2(x).last_hidden_state
     assert max_abs_diff(outs[3].flatten(2).transpose(1, 2), final) <= TOL
+
+
+@pytest.fixture(scope='module')
+def timm_cr():
+    return torch.load(os.path.join(FIXTURES, 'timm_swinv2_cr.pt'), weights_only=True)
+
+
+def test_timm_cr_checkpoint_runs_with_cr_options_and_matches_timm(tmp_path, timm_cr):
+    from mmswinv2.models.swin_transformer_v2 import TIMM_CR_SETTINGS
+    path = tmp_path / 'swinv2_cr_tiny_ns_224.pth'
+    torch.save(fp32(timm_cr['state_dict']), path)
+    assert detect_layout(read_checkpoint(path).state_dict).name == 'timm_cr'
+    assert timm_cr['meta']['window_size'] == (7, 7)
+    model = pretrained(path, arch=SMALL, window_size=7, stage_end_norms=(0, 1, 2, 3),
+                       **TIMM_CR_SETTINGS)
+    raw, _ = raw_stage_outputs(model, timm_cr['input'].float())
+    for i, (ours, theirs) in enumerate(zip(raw, timm_cr['stages'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+
+
+def test_timm_cr_checkpoint_into_official_backbone_names_the_options(tmp_path, timm_cr):
+    from test_convert_checkpoint import convert_checkpoint
+    path = tmp_path / 'swinv2_cr_tiny_ns_224.pth'
+    torch.save(fp32(timm_cr['state_dict']), path)
+    converted = tmp_path / 'converted.pth'
+    assert convert_checkpoint.main([str(path), str(converted)]) == 0
+    for source in (path, converted):  # the original, and ours (options recorded in its meta)
+        model = SwinTransformerV2(arch=SMALL, window_size=7,
+                                  init_cfg=dict(type='Pretrained', checkpoint=str(source)))
+        with pytest.raises(CheckpointError, match=r'a timm_cr checkpoint; build the backbone '
+                                                  r'with learnable_k_bias=True, cpb_hidden_dims'):
+            model.init_weights()

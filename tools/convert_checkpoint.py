@@ -59,7 +59,11 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
     elif layout.name in BUFFER_STAGE_KEYS:
         windows = windows_from_coords_tables(layout.unwrap(ckpt.state_dict),
                                              BUFFER_STAGE_KEYS[layout.name])
+    options = dict(layout.required_options)
+    if arch['stage_end_norms']:
+        options['stage_end_norms'] = tuple(arch['stage_end_norms'])
     meta = dict(source=os.path.abspath(src), source_format=layout.name, arch=arch,
+                backbone_options=options,
                 window_sizes=windows and windows['window_sizes'],
                 pretrained_window_sizes=windows and windows['pretrained_window_sizes'],
                 mmswinv2_version=__version__)
@@ -124,6 +128,9 @@ def main(argv=None):
     print(f"arch:        embed_dims {arch['embed_dims']}, depths {arch['depths']}, "
           f"num_heads {arch['num_heads']}, patch {arch['patch_size']}")
     print(f'windows:     {windows}')
+    if summary.get('backbone_options'):
+        print('options:     the backbone needs ' + ', '.join(
+            f'{k}={v!r}' for k, v in summary['backbone_options'].items()))
     print(f"parameters:  {summary['parameters'] / 1e6:.2f} M")
     print(f"dropped:     {len(dropped['regenerable_buffers'])} regenerable buffers, "
           f"{len(dropped['heads'])} head tensors, {len(dropped['outside_backbone'])} "

@@ -13,7 +13,8 @@ import torch
 
 
 def infer_arch(state_dict: Dict[str, torch.Tensor]) -> dict:
-    """``embed_dims``, ``depths``, ``num_heads``, ``patch_size``, ``in_channels`` of a canonical
+    """``embed_dims``, ``depths``, ``num_heads``, ``patch_size``, ``in_channels`` and
+    ``stage_end_norms`` (stages whose last block has a main-branch ``norm3``) of a canonical
     state dict."""
     proj = state_dict['patch_embed.proj.weight']
     depths = _blocks_per_stage(state_dict)
@@ -21,7 +22,9 @@ def infer_arch(state_dict: Dict[str, torch.Tensor]) -> dict:
         embed_dims=proj.shape[0], in_channels=proj.shape[1], patch_size=proj.shape[-1],
         depths=depths,
         num_heads=[state_dict[f'stages.{i}.blocks.0.attn.logit_scale'].shape[0]
-                   for i in range(len(depths))])
+                   for i in range(len(depths))],
+        stage_end_norms=[i for i, d in enumerate(depths)
+                         if f'stages.{i}.blocks.{d - 1}.norm3.weight' in state_dict])
 
 
 def _blocks_per_stage(state_dict: Dict[str, torch.Tensor]) -> List[int]:

@@ -19,11 +19,15 @@ from typing import Callable, Dict, Tuple, Union
 
 import torch
 
+from ..models.swin_transformer_v2 import TIMM_CR_SETTINGS
+
 Rename = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
 #: Buffers every implementation regenerates for the window it runs with; never copied.
+#: (timm's zero ``k_bias`` buffer is dropped by the timm layout: in timm cr and in our
+#: ``learnable_k_bias`` models a ``k_bias`` is a weight.)
 REGENERABLE_BUFFERS = (r'attn_mask$', r'relative_position_index$', r'relative_coords_table$',
-                       r'relative_coordinates_log$', r'k_bias$')
+                       r'relative_coordinates_log$')
 
 
 def _next_stage_downsample(prefix: str) -> Rename:
@@ -47,7 +51,10 @@ class Layout:
         renames: ordered ``(pattern, replacement)`` regex rules, each applied once per key.
         fuse_qkv: module names ``(q, k, v, fused)``: separate q/k/v projections (weights and
             biases) are concatenated into one ``fused`` projection (HF).
-        reorders: ``(pattern, function)``: tensors whose canonical key matches are transformed.
+        transforms: ``(pattern, function)``: each canonical key matching ``pattern`` is replaced
+            by ``function(key, tensor)``, a dict of new keys and tensors (reorders, splits).
+        required_options: backbone options a model needs to hold this layout's weights
+            (timm cr is a different network).
     """
     name: str
     signature: Union[str, Tuple[str, ...]] = ''
@@ -56,7 +63,8 @@ class Layout:
     drop: Tuple[str, ...] = ()
     renames: Tuple[Rename, ...] = ()
     fuse_qkv: Tuple[str, str, str, str] = ()
-    reorders: Tuple[Tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
+    transforms: Tuple[Tuple[str, Callable[[str, torch.Tensor], Dict[str, torch.Tensor]]], ...] = ()
+    required_options: Dict[str, object] = field(default_factory=dict, compare=False)
     description: str = field(default='', compare=False)
 
     def unwrap(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -96,8 +104,12 @@ class Layout:
             out[key] = value
         if self.fuse_qkv:
             out = _fuse_qkv(out, *self.fuse_qkv)
-        for pattern, function in self.reorders:
-            out = {k: function(v) if re.search(pattern, k) else v for k, v in out.items()}
+        for pattern, function in self.transforms:
+            transformed: Dict[str, torch.Tensor] = {}
+            for key, value in out.items():
+                transformed.update(function(key, value) if re.search(pattern, key) else
+                                   {key: value})
+            out = transformed
         return out
 
 
@@ -139,6 +151,24 @@ def official_to_unfold_order(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(-1, -2).reshape(*lead, channels)
 
 
+def _same_key(function: Callable[[torch.Tensor], torch.Tensor]):
+    return lambda key, value: {key: function(value)}
+
+
+def _split_qkv_bias(key: str, value: torch.Tensor) -> Dict[str, torch.Tensor]:
+    stem = key[:-len('qkv.bias')]
+    return dict(zip((stem + 'q_bias', stem + 'k_bias', stem + 'v_bias'), value.chunk(3)))
+
+
+def _per_head_logit_scale(key: str, value: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {key: value.reshape(-1, 1, 1)}
+
+
+def _tau_to_logit_scale(key: str, value: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Old timm cr checkpoints store the temperature tau; logit_scale = ln(1 / tau)."""
+    return {key[:-len('tau')] + 'logit_scale': torch.log(1 / value).reshape(-1, 1, 1)}
+
+
 _V2_QKV = r'^layers\.\d+\.blocks\.\d+\.attn\.qkv\.weight$'
 _V1_MARK = r'relative_position_bias_table'
 
@@ -146,7 +176,7 @@ CANONICAL = Layout(
     name='mmswinv2',
     description='mmswinv2 SwinTransformerV2 state dict (what tools/convert_checkpoint.py writes)',
     signature=r'^stages\.\d+\.blocks\.\d+\.attn\.qkv\.weight$',
-    exclude=_V1_MARK,
+    exclude=_V1_MARK + r'|\.attn\.meta_mlp\.',  # timm cr also uses stages.i.blocks.j.attn.qkv
 )
 
 MMDET = replace(
@@ -175,7 +205,7 @@ TIMM = Layout(
     description='timm swinv2_* (downsample at the start of the next stage, head.fc)',
     signature=_V2_QKV,
     exclude=r'^layers\.0\.downsample\.|' + _V1_MARK,
-    drop=(r'^head\.',),
+    drop=(r'^head\.', r'\.attn\.k_bias$'),
     renames=((r'^layers\.', 'stages.'),
              (r'^norm\.', 'norm3.')),
 )
@@ -212,13 +242,28 @@ MMPRETRAIN = Layout(
              (r'\.attn\.w_msa\.', '.attn.'),
              (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
              (r'\.ffn\.layers\.1\.', '.mlp.fc2.')),
-    reorders=((r'^stages\.\d+\.downsample\.reduction\.weight$', unfold_to_official_order),),
+    transforms=((r'^stages\.\d+\.downsample\.reduction\.weight$',
+                 _same_key(unfold_to_official_order)),),
+)
+
+TIMM_CR = Layout(
+    name='timm_cr',
+    description='timm swinv2_cr_* (a different network: learnable k bias, ln coordinates, '
+                '384-wide unbounded position-bias MLP, LayerNorm before merging, stage-end norms)',
+    signature=r'\.attn\.meta_mlp\.fc1\.weight$',
+    drop=(r'^head\.',),
+    renames=((r'\.attn\.meta_mlp\.fc1\.', '.attn.cpb_mlp.0.'),
+             (r'\.attn\.meta_mlp\.fc2\.', '.attn.cpb_mlp.2.')),
+    transforms=((r'\.attn\.qkv\.bias$', _split_qkv_bias),
+                (r'\.attn\.logit_scale$', _per_head_logit_scale),
+                (r'\.attn\.tau$', _tau_to_logit_scale)),
+    required_options=TIMM_CR_SETTINGS,
 )
 
 #: In detection order: a wrapped layout also accepts unwrapped keys, so each bare layout is
 #: tried before its wrapped twin (a bare official file is "official", not "simmim").
 LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
-    CANONICAL, MMDET, OFFICIAL, HF, SIMMIM, TIMM, MMPRETRAIN)}
+    CANONICAL, MMDET, OFFICIAL, HF, SIMMIM, TIMM, MMPRETRAIN, TIMM_CR)}
 
 
 # ---- Swin V1 ------------------------------------------------------------------------------
@@ -233,7 +278,7 @@ _V1_BLOCK_TAIL = ((r'\.mlp\.fc1\.', '.ffn.layers.0.0.'),
                   (r'\.mlp\.fc2\.', '.ffn.layers.1.'),
                   (r'^norm\.', 'norm3.'))
 _V1_MERGE_TO_UNFOLD = ((r'^stages\.\d+\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$',
-                        official_to_unfold_order),)
+                        _same_key(official_to_unfold_order)),)
 
 SWIN_V1_OFFICIAL = Layout(
     name='swin_v1_official',
@@ -243,7 +288,7 @@ SWIN_V1_OFFICIAL = Layout(
     renames=((r'^patch_embed\.proj\.', 'patch_embed.projection.'),
              (r'^layers\.', 'stages.'),
              (r'\.attn\.', '.attn.w_msa.')) + _V1_BLOCK_TAIL,
-    reorders=_V1_MERGE_TO_UNFOLD,
+    transforms=_V1_MERGE_TO_UNFOLD,
 )
 
 SWIN_V1_TIMM = Layout(
@@ -256,7 +301,7 @@ SWIN_V1_TIMM = Layout(
              (r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.'),
              (r'^layers\.', 'stages.'),
              (r'\.attn\.', '.attn.w_msa.')) + _V1_BLOCK_TAIL,
-    reorders=_V1_MERGE_TO_UNFOLD,
+    transforms=_V1_MERGE_TO_UNFOLD,
 )
 
 SWIN_V1_HF = Layout(
@@ -283,7 +328,7 @@ SWIN_V1_HF = Layout(
              (r'\.output\.dense\.', '.ffn.layers.1.'),
              (r'^layernorm\.', 'norm3.')) + _V1_BLOCK_TAIL[:2],
     fuse_qkv=('query', 'key', 'value', 'qkv'),
-    reorders=_V1_MERGE_TO_UNFOLD,
+    transforms=_V1_MERGE_TO_UNFOLD,
 )
 
 V1_LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (

@@ -38,6 +38,19 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     Returns a summary: ``format``, ``arch``, ``missing_norms``.
     """
     ckpt, found, state_dict, arch = read_backbone_weights(path, layout)
+    # A layout's own needs (timm cr), or those recorded by tools/convert_checkpoint.py.
+    meta = ckpt.extra.get('meta')
+    recorded = meta.get('backbone_options') if isinstance(meta, dict) else None
+    required = {k: v for k, v in (found.required_options or recorded or {}).items()
+                if k in model.variant_options}
+    wrong_options = {k for k, v in required.items() if model.variant_options[k] != v}
+    if wrong_options:
+        source = meta.get('source_format', found.name) if recorded else found.name
+        raise CheckpointError(
+            f'{ckpt.path}: a {source} checkpoint; build the backbone with '
+            + ', '.join(f'{k}={v!r}' for k, v in required.items())
+            + ' (see mmswinv2.models.swin_transformer_v2.TIMM_CR_SETTINGS); it has '
+            + ', '.join(f'{k}={model.variant_options[k]!r}' for k in sorted(wrong_options)))
     mismatch = describe_mismatch(_model_arch(model), arch)
     if mismatch:
         raise CheckpointError(f'{ckpt.path}: architecture mismatch: ' + '; '.join(mismatch))

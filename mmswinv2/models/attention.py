@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .position_bias import continuous_position_bias
+from .position_bias import COORDS, continuous_position_bias
 
 Size2 = Tuple[int, int]
 
@@ -19,7 +19,8 @@ class WindowAttentionV2(nn.Module):
 
     ``logits = cos(q, k) * exp(min(logit_scale, ln 100)) + 16 * sigmoid(cpb(offsets)) [+ mask]``.
     The qkv projection has a learnable bias for q and v and none for k (``k`` bias is zero, as in
-    the official model; a k bias is not softmax-invariant under cosine attention).
+    the official model; a k bias is not softmax-invariant under cosine attention). The
+    ``learnable_k_bias`` and ``cpb_*`` options reproduce timm's ``swinv2_cr`` variant.
 
     Args:
         dim: channels of the input tokens.
@@ -29,7 +30,12 @@ class WindowAttentionV2(nn.Module):
         qkv_bias: learn the q and v biases.
         attn_drop: dropout on attention weights (training only).
         proj_drop: dropout after the output projection (training only).
-        cpb_hidden: width of the CPB MLP's hidden layer.
+        cpb_hidden: width of the CPB MLP's hidden layer (official 512, timm cr 384).
+        learnable_k_bias: learn a k bias too (timm cr); stored as ``k_bias``.
+        cpb_output_bias: the CPB MLP's output layer has a bias (timm cr).
+        cpb_bounded: bound the position bias to ``16 * sigmoid`` (official; timm cr: False).
+        cpb_coords: ``'normalized_log2'`` (official) or ``'log'`` (timm cr); see
+            :mod:`.position_bias`.
         fused: compute attention with ``F.scaled_dot_product_attention`` instead of the explicit
             official order of operations. Both are exact up to rounding; see
             ``docs/benchmarks.md`` for speed and for how far the fused kernels' rounding drifts.
@@ -37,7 +43,9 @@ class WindowAttentionV2(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, pretrained_window_size: int = 0,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
-                 cpb_hidden: int = 512, fused: bool = False):
+                 cpb_hidden: int = 512, fused: bool = False, learnable_k_bias: bool = False,
+                 cpb_output_bias: bool = False, cpb_bounded: bool = True,
+                 cpb_coords: str = 'normalized_log2'):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed dims {dim} are not divisible by num_heads {num_heads}')
@@ -45,18 +53,23 @@ class WindowAttentionV2(nn.Module):
         self.pretrained_window_size = pretrained_window_size
         self.attn_drop = attn_drop
         self.fused = fused
+        if cpb_coords not in COORDS:
+            raise ValueError(f'cpb_coords must be one of {COORDS}, got {cpb_coords!r}')
+        self.cpb_coords = cpb_coords
+        self.cpb_bounded = cpb_bounded
 
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         self.cpb_mlp = nn.Sequential(
             nn.Linear(2, cpb_hidden, bias=True),
             nn.ReLU(inplace=True),
-            nn.Linear(cpb_hidden, num_heads, bias=False))
+            nn.Linear(cpb_hidden, num_heads, bias=cpb_output_bias))
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
             self.q_bias = self.v_bias = None
+        self.k_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and learnable_k_bias else None
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -73,13 +86,15 @@ class WindowAttentionV2(nn.Module):
         heads = self.num_heads
         qkv_bias = None
         if self.q_bias is not None:
-            qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+            k_bias = self.k_bias if self.k_bias is not None else torch.zeros_like(self.v_bias)
+            qkv_bias = torch.cat((self.q_bias, k_bias, self.v_bias))
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().to(q.dtype)
-        bias = continuous_position_bias(
-            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, heads)  # (heads, N, N)
+        bias = continuous_position_bias(  # (heads, N, N)
+            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, heads, self.cpb_coords,
+            self.cpb_bounded)
         if mask is not None:
             bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
         attend = self._fused if self.fused else self._explicit

@@ -44,7 +44,9 @@ class Mlp(nn.Module):
 
 
 class SwinBlockV2(nn.Module):
-    """Residual-post-norm block: ``x + DP(LN(attn(x)))`` then ``x + DP(LN(mlp(x)))``.
+    """Residual-post-norm block: ``x + DP(LN(attn(x)))`` then ``x + DP(LN(mlp(x)))``, optionally
+    followed by a main-branch LayerNorm ``norm3`` (``extra_norm``; SwinV2-H/G every 6 blocks,
+    timm cr at stage ends).
 
     Odd blocks of a stage use shifted windows. The window and shift are chosen per forward from
     the map size (:func:`.windows.window_and_shift`); the map is zero-padded at the bottom/right to
@@ -54,20 +56,22 @@ class SwinBlockV2(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool,
                  pretrained_window_size: int = 0, mlp_ratio: float = 4., qkv_bias: bool = True,
                  drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
-                 fused_attention: bool = False):
+                 extra_norm: bool = False, attn_cfg: Optional[dict] = None):
         super().__init__()
         self.window_size = window_size
         self.shifted = shifted
         self.attn = WindowAttentionV2(dim, num_heads, pretrained_window_size, qkv_bias,
-                                      attn_drop=attn_drop, proj_drop=drop, fused=fused_attention)
+                                      attn_drop=attn_drop, proj_drop=drop, **(attn_cfg or {}))
         self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim) if extra_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.norm1(self._shifted_window_attention(x)))
-        return x + self.drop_path(self.norm2(self.mlp(x)))
+        x = x + self.drop_path(self.norm2(self.mlp(x)))
+        return self.norm3(x) if self.norm3 is not None else x
 
     def _shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
         _, H, W, C = x.shape
@@ -87,19 +91,23 @@ class SwinBlockV2(nn.Module):
 
 class PatchMergingV2(nn.Module):
     """2x2 patch merging of Swin V2: concatenate each 2x2 neighbourhood (official order:
-    (0,0), (1,0), (0,1), (1,1)), reduce 4C -> 2C, then LayerNorm (V1 normalises before reducing).
+    (0,0), (1,0), (0,1), (1,1)), reduce 4C -> 2C, then LayerNorm(2C). With ``norm_first`` the
+    LayerNorm(4C) comes before the reduction instead (Swin V1 and timm cr).
     Odd sizes are zero-padded at the bottom/right, so ``H x W`` becomes ``ceil(H/2) x ceil(W/2)``.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, norm_first: bool = False):
         super().__init__()
+        self.norm_first = norm_first
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(2 * dim)
+        self.norm = nn.LayerNorm(4 * dim if norm_first else 2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_to_multiple(x, (2, 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1)
+        if self.norm_first:
+            return self.reduction(self.norm(x))
         return self.norm(self.reduction(x))
 
 
@@ -112,23 +120,27 @@ class SwinStageV2(nn.Module):
         downsample: merge 2x2 patches of a ``dim // 2``-channel input first.
         drop_path: one rate per block.
         with_cp: recompute each block in backward (activation checkpointing) to save memory.
-        fused_attention: see :class:`.attention.WindowAttentionV2` (``fused``).
+        extra_norms: one bool per block: follow it with a main-branch LayerNorm ``norm3``.
+        merge_norm_first: see :class:`PatchMergingV2` (``norm_first``).
+        attn_cfg: extra :class:`.attention.WindowAttentionV2` options (``fused``, ``cpb_*``).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int,
                  pretrained_window_size: int = 0, downsample: bool = False,
                  mlp_ratio: float = 4., qkv_bias: bool = True, drop: float = 0.,
                  attn_drop: float = 0., drop_path: Optional[Sequence[float]] = None,
-                 with_cp: bool = False, fused_attention: bool = False):
+                 with_cp: bool = False, extra_norms: Optional[Sequence[bool]] = None,
+                 merge_norm_first: bool = False, attn_cfg: Optional[dict] = None):
         super().__init__()
         drop_path = drop_path if drop_path is not None else [0.] * depth
+        extra_norms = extra_norms if extra_norms is not None else [False] * depth
         self.with_cp = with_cp
-        self.downsample = PatchMergingV2(dim // 2) if downsample else None
+        self.downsample = PatchMergingV2(dim // 2, merge_norm_first) if downsample else None
         self.blocks = nn.ModuleList([
             SwinBlockV2(dim, num_heads, window_size, shifted=bool(i % 2),
                         pretrained_window_size=pretrained_window_size, mlp_ratio=mlp_ratio,
                         qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
-                        drop_path=drop_path[i], fused_attention=fused_attention)
+                        drop_path=drop_path[i], extra_norm=extra_norms[i], attn_cfg=attn_cfg)
             for i in range(depth)
         ])
 

@@ -1,11 +1,16 @@
 """Log-spaced continuous position bias (CPB) of Swin Transformer V2.
 
 For a window of ``wh x ww`` tokens the relative offsets (dy, dx) span ``[-(w-1), w-1]`` per axis.
-Each offset is normalised by ``pretrained_window - 1`` when the weights were pretrained with a
-different window (so the MLP sees the coordinates it was trained on), else by ``window - 1``,
-multiplied by 8 and log-spaced: ``sign(d) * log2(|d| + 1) / log2(8)`` — the official formula
-(which differs from the paper's natural log). A small MLP (2 -> hidden -> heads) maps each offset
-to a per-head bias, squashed to ``16 * sigmoid``.
+Two coordinate transforms exist:
+
+- ``'normalized_log2'`` (official, HF, timm ``swinv2``, mmpretrain): each offset is normalised
+  by ``pretrained_window - 1`` when the weights were pretrained with a different window (so the
+  MLP sees the coordinates it was trained on), else by ``window - 1``, multiplied by 8 and
+  log-spaced: ``sign(d) * log2(|d| + 1) / log2(8)`` (this differs from the paper's natural log).
+- ``'log'`` (timm ``swinv2_cr``, the paper): ``sign(d) * ln(1 + |d|)``, not normalised.
+
+A small MLP (2 -> hidden -> heads) maps each offset to a per-head bias; the official model
+bounds it to ``16 * sigmoid(.)``, timm's cr uses it as it is.
 """
 import math
 from functools import lru_cache
@@ -20,10 +25,13 @@ Size2 = Tuple[int, int]
 BIAS_RANGE = 16.0
 
 
-def relative_coords_table(window: Size2, pretrained_window: Size2,
-                          device: torch.device) -> torch.Tensor:
+COORDS = ('normalized_log2', 'log')
+
+
+def relative_coords_table(window: Size2, pretrained_window: Size2, device: torch.device,
+                          coords: str = 'normalized_log2') -> torch.Tensor:
     """Log-spaced offsets ``(2wh-1, 2ww-1, 2)`` fed to the CPB MLP (cached, read-only)."""
-    return _coords_table(tuple(window), tuple(pretrained_window), str(device))
+    return _coords_table(tuple(window), tuple(pretrained_window), str(device), coords)
 
 
 def relative_position_index(window: Size2, device: torch.device) -> torch.Tensor:
@@ -32,15 +40,21 @@ def relative_position_index(window: Size2, device: torch.device) -> torch.Tensor
 
 
 @lru_cache(maxsize=64)
-def _coords_table(window: Size2, pretrained_window: Size2, device: str) -> torch.Tensor:
+def _coords_table(window: Size2, pretrained_window: Size2, device: str,
+                  coords: str) -> torch.Tensor:
     axes = []
     for size, pretrained in zip(window, pretrained_window):
         offsets = torch.arange(-(size - 1), size, dtype=torch.float32)
-        scale = pretrained - 1 if pretrained > 0 else size - 1
-        # A window of one token has the single offset 0: nothing to normalise.
-        axes.append(offsets / max(scale, 1) * 8)
+        if coords == 'normalized_log2':
+            scale = pretrained - 1 if pretrained > 0 else size - 1
+            # A window of one token has the single offset 0: nothing to normalise.
+            offsets = offsets / max(scale, 1) * 8
+        axes.append(offsets)
     table = torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1)
-    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    if coords == 'normalized_log2':
+        table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    else:
+        table = torch.sign(table) * torch.log1p(table.abs())
     return table.to(device)
 
 
@@ -57,11 +71,13 @@ def _position_index(window: Size2, device: str) -> torch.Tensor:
 
 
 def continuous_position_bias(cpb_mlp: nn.Module, window: Size2, pretrained_window: Size2,
-                             num_heads: int) -> torch.Tensor:
-    """The ``(num_heads, N, N)`` bias that ``cpb_mlp`` assigns to a window's token pairs."""
+                             num_heads: int, coords: str = 'normalized_log2',
+                             bounded: bool = True) -> torch.Tensor:
+    """The ``(num_heads, N, N)`` bias that ``cpb_mlp`` assigns to a window's token pairs:
+    ``16 * sigmoid(mlp(offset))`` when ``bounded`` (official), else ``mlp(offset)`` (cr)."""
     device = next(cpb_mlp.parameters()).device
-    table = relative_coords_table(window, pretrained_window, device)
+    table = relative_coords_table(window, pretrained_window, device, coords)
     index = relative_position_index(window, device)
     bias_table = cpb_mlp(table.to(cpb_mlp[0].weight.dtype)).view(-1, num_heads)
-    bias = bias_table[index.view(-1)].view(*index.shape, num_heads)
-    return BIAS_RANGE * torch.sigmoid(bias.permute(2, 0, 1))
+    bias = bias_table[index.view(-1)].view(*index.shape, num_heads).permute(2, 0, 1)
+    return BIAS_RANGE * torch.sigmoid(bias) if bounded else bias

@@ -20,6 +20,10 @@ ARCH_SETTINGS: Dict[str, dict] = {
 }
 ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 
+#: Backbone options that make the network timm's ``swinv2_cr`` (besides windows and stage norms).
+TIMM_CR_SETTINGS = dict(learnable_k_bias=True, cpb_hidden_dims=384, cpb_output_bias=True,
+                        cpb_bounded=False, cpb_coords='log', merge_norm_first=True)
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch_size`` convolution + LayerNorm; NCHW image -> NHWC tokens.
@@ -89,6 +93,22 @@ class SwinTransformerV2(BaseModule):
             reproduces timm bit for bit; the fused one differs by kernel rounding, which logit
             scales up to 100 amplify (up to ~2e-4 on outputs of magnitude ~10 in our tests).
             Speed of both: ``docs/benchmarks.md``.
+        extra_norm_every_n_blocks: a main-branch LayerNorm (``norm3``) after every n-th block of
+            each stage (mmpretrain's option; SwinV2-H/G use 6). 0: none.
+        stage_end_norms: stages whose last block is followed by a main-branch LayerNorm.
+
+    Options that reproduce timm's ``swinv2_cr`` variant (a different network; the defaults are
+    the official SwinV2). ``tools/convert_checkpoint.py`` prints what a cr checkpoint needs;
+    for ``swinv2_cr_*_224`` they are :data:`TIMM_CR_SETTINGS` plus ``window_size=7`` and
+    ``stage_end_norms=(3,)`` (``(0, 1, 2, 3)`` for the ``_ns`` models):
+
+        learnable_k_bias: learn a k bias in the qkv projection.
+        cpb_hidden_dims: hidden width of the position-bias MLP (official 512, cr 384).
+        cpb_output_bias: the position-bias MLP's output layer has a bias.
+        cpb_bounded: bound the position bias to ``16 * sigmoid`` (cr: unbounded).
+        cpb_coords: ``'normalized_log2'`` (official) or ``'log'``: ``sign * ln(1 + |d|)``,
+            not normalised by the window (cr). See :mod:`mmswinv2.models.position_bias`.
+        merge_norm_first: patch merging normalises the 4C concatenation before reducing it.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
@@ -108,6 +128,14 @@ class SwinTransformerV2(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  fused_attention: bool = False,
+                 learnable_k_bias: bool = False,
+                 cpb_hidden_dims: int = 512,
+                 cpb_output_bias: bool = False,
+                 cpb_bounded: bool = True,
+                 cpb_coords: str = 'normalized_log2',
+                 merge_norm_first: bool = False,
+                 extra_norm_every_n_blocks: int = 0,
+                 stage_end_norms: Sequence[int] = (),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         settings = _arch_settings(arch)
@@ -137,19 +165,34 @@ class SwinTransformerV2(BaseModule):
                 raise ValueError(f'stage {i} has {dims} channels, not divisible by '
                                  f'num_heads[{i}]={heads}')
 
+        _check_int('extra_norm_every_n_blocks', extra_norm_every_n_blocks, minimum=0)
+        self.stage_end_norms = _check_out_indices(stage_end_norms, num_stages, 'stage_end_norms')
+        #: The options that change which weights exist (checked when loading checkpoints).
+        self.variant_options = dict(
+            learnable_k_bias=learnable_k_bias, cpb_hidden_dims=cpb_hidden_dims,
+            cpb_output_bias=cpb_output_bias, cpb_bounded=cpb_bounded, cpb_coords=cpb_coords,
+            merge_norm_first=merge_norm_first)
+        attn_cfg = dict(fused=fused_attention, learnable_k_bias=learnable_k_bias,
+                        cpb_hidden=cpb_hidden_dims, cpb_output_bias=cpb_output_bias,
+                        cpb_bounded=cpb_bounded, cpb_coords=cpb_coords)
+
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, patch_size)
         self.drop_after_pos = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.stages = nn.ModuleList()
         for i, depth in enumerate(self.depths):
             first = sum(self.depths[:i])
+            extra_norms = [bool(extra_norm_every_n_blocks) and (j + 1) % extra_norm_every_n_blocks
+                           == 0 or (i in self.stage_end_norms and j == depth - 1)
+                           for j in range(depth)]
             self.stages.append(SwinStageV2(
                 dim=self.num_features[i], depth=depth, num_heads=self.num_heads[i],
                 window_size=self.window_sizes[i],
                 pretrained_window_size=self.pretrained_window_sizes[i],
                 downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                 attn_drop=attn_drop_rate, drop_path=rates[first:first + depth],
-                with_cp=with_cp, fused_attention=fused_attention))
+                with_cp=with_cp, extra_norms=extra_norms, merge_norm_first=merge_norm_first,
+                attn_cfg=attn_cfg))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._freeze_stages()
@@ -266,17 +309,17 @@ def _per_stage(name: str, value, num_stages: int, minimum: int) -> Tuple[int, ..
     return values
 
 
-def _check_out_indices(out_indices, num_stages: int) -> Tuple[int, ...]:
+def _check_out_indices(out_indices, num_stages: int, name: str = 'out_indices') -> Tuple[int, ...]:
     if isinstance(out_indices, int):
         out_indices = (out_indices,)
     normalised = []
     for i in out_indices:
         if not isinstance(i, int) or not -num_stages <= i < num_stages:
-            raise ValueError(f'out_indices {list(out_indices)}: {i!r} is not a stage index; '
+            raise ValueError(f'{name} {list(out_indices)}: {i!r} is not a stage index; '
                              f'allowed are 0..{num_stages - 1} (or negative from the end)')
         normalised.append(i % num_stages)
     if len(set(normalised)) != len(normalised) or normalised != sorted(normalised):
-        raise ValueError(f'out_indices {list(out_indices)} must be increasing without repeats')
+        raise ValueError(f'{name} {list(out_indices)} must be increasing without repeats')
     return tuple(normalised)
 
 
