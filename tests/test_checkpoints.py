@@ -34,13 +34,20 @@ def pretrained(path, **kwargs):
     return model.eval()
 
 
-def official_checkpoint(fixture, case):
-    """The exact ``{'model': state_dict}`` the official code saved (see make_official_fixtures)."""
+def official_state_dict(weights, buffers):
+    """The exact state dict the official code saved (see make_official_fixtures.py)."""
     dtypes = dict(attn_mask=torch.float32, relative_position_index=torch.int64,
                   relative_coords_table=torch.float32)
-    buffers = {k: v.to(dtypes[k.rsplit('.', 1)[-1]])
-               for k, v in fixture['cases'][case]['buffers'].items()}
-    return {'model': {**fp32(fixture['weights']), **buffers}}
+    return {**fp32(weights), **{k: v.to(dtypes[k.rsplit('.', 1)[-1]]) for k, v in buffers.items()}}
+
+
+def official_checkpoint(fixture, case):
+    return {'model': official_state_dict(fixture['weights'], fixture['cases'][case]['buffers'])}
+
+
+def timm_conversion(official, timm_keys):
+    """timm's checkpoint_filter_fn output, rebuilt from the key mapping it produced."""
+    return {timm_key: official[official_key] for timm_key, official_key in timm_keys.items()}
 
 
 @pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
@@ -50,6 +57,33 @@ def test_official_checkpoint_matches_official_outputs(tmp_path, case):
     torch.save(official_checkpoint(ref, case), path)
     settings = ref['cases'][case]['settings']
     assert detect_layout(read_checkpoint(path).state_dict).name == 'official'
+    model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
+                       pretrained_window_sizes=settings['pretrained_window_sizes'])
+    raw, outs = raw_stage_outputs(model, ref['cases'][case]['input'].float())
+    for i, (ours, theirs) in enumerate(zip(raw, ref['cases'][case]['stages'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+    assert max_abs_diff(outs[3], ref['cases'][case]['final_norm']) <= TOL
+
+
+@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
+@pytest.mark.parametrize('layout', ['timm', 'mmpretrain'])
+def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path, case, layout):
+    """Official weights in timm's layout (converted by timm's own checkpoint_filter_fn) and in
+    mmpretrain's (exported by us; real mmpretrain reproduced the official outputs on that export
+    when the fixture was made) load back and give the official outputs."""
+    from mmswinv2.checkpoints.formats import convert_state_dict, export_state_dict
+    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    official = official_checkpoint(ref, case)['model']
+    if layout == 'timm':
+        checkpoint = timm_conversion(official, ref['cases'][case]['timm_keys'])
+    else:
+        assert ref['cases'][case]['mmpretrain_max_diff'] <= TOL
+        checkpoint = {'state_dict': export_state_dict(
+            convert_state_dict(official, 'official'), 'mmpretrain')}
+    path = tmp_path / f'{layout}.pth'
+    torch.save(checkpoint, path)
+    assert detect_layout(read_checkpoint(path).state_dict).name == layout
+    settings = ref['cases'][case]['settings']
     model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
                        pretrained_window_sizes=settings['pretrained_window_sizes'])
     raw, outs = raw_stage_outputs(model, ref['cases'][case]['input'].float())

@@ -1,18 +1,22 @@
 """Swin V1 checkpoints convert into mmdet's / mmseg's own SwinTransformer layout.
 
-Reference: HF transformers' Swin V1 (in-process). A randomised model with the public
+References: the official code and timm (committed fixture, see
+fixtures/make_official_fixtures.py) and HF transformers (in-process). A randomised model with the public
 ``microsoft/swin-tiny-patch4-window7-224`` settings (depths reduced) is saved as an HF folder,
 converted with tools/convert_checkpoint.py, loaded by mmdet's ``SwinTransformer`` through its
 own ``init_cfg`` (``convert_weights=False``) and compared stage by stage at 448x448, where every
 stage map is larger than the window (mmdet always shifts; HF clips like the official code when
 a map is no larger than the window).
 """
+import os
+
 import pytest
 import torch
 from mmengine.config import ConfigDict
 from transformers import SwinConfig, SwinForImageClassification
 
 from helpers import capture_outputs, max_abs_diff, randomize_
+from test_checkpoints import FIXTURES, official_state_dict, timm_conversion
 from test_convert_checkpoint import convert_checkpoint
 
 TINY_V1 = dict(embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
@@ -45,20 +49,12 @@ def hf_v1(tmp_path_factory):
 
 
 def test_hf_swin_v1_converts_into_mmdet_swin_with_stage_parity(hf_v1, tmp_path, capsys):
-    from mmdet.models.backbones import SwinTransformer
     hf, folder = hf_v1
     dst = tmp_path / 'swin_tiny_mmdet.pth'
     assert convert_checkpoint.main([str(folder), str(dst)]) == 0
     printed = capsys.readouterr().out
     assert 'format:      swin_v1_hf' in printed and 'mmdet / mmseg SwinTransformer' in printed
-
-    mmdet_swin = SwinTransformer(
-        embed_dims=96, depths=TINY_V1['depths'], num_heads=TINY_V1['num_heads'], window_size=7,
-        drop_path_rate=0., convert_weights=False,
-        # as a config file passes it (mmdet reads init_cfg.checkpoint as an attribute)
-        init_cfg=ConfigDict(type='Pretrained', checkpoint=str(dst)))
-    mmdet_swin.init_weights()
-    mmdet_swin.eval()
+    mmdet_swin = mmdet_swin_from(dst, 96, TINY_V1['depths'], TINY_V1['num_heads'])
 
     x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
     theirs = hf_stage_outputs(hf.swin, x)
@@ -76,3 +72,34 @@ def test_swin_v1_checkpoint_given_to_the_v2_backbone_says_what_to_do(hf_v1):
     model = SwinTransformerV2(init_cfg=dict(type='Pretrained', checkpoint=str(folder)))
     with pytest.raises(ValueError, match=r'a Swin V1 checkpoint .*--format swin_v1'):
         model.init_weights()
+
+
+def mmdet_swin_from(path, embed_dims, depths, num_heads):
+    """mmdet's own SwinTransformer loading ``path`` through its init_cfg, as a config would
+    (mmdet reads ``init_cfg.checkpoint`` as an attribute, hence ConfigDict)."""
+    from mmdet.models.backbones import SwinTransformer
+    backbone = SwinTransformer(
+        embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_size=7,
+        drop_path_rate=0., convert_weights=False,
+        init_cfg=ConfigDict(type='Pretrained', checkpoint=str(path)))
+    backbone.init_weights()
+    backbone.eval()
+    return backbone
+
+
+@pytest.mark.parametrize('source', ['official', 'timm'])
+def test_official_and_timm_swin_v1_convert_into_mmdet_swin(tmp_path, source, capsys):
+    ref = torch.load(os.path.join(FIXTURES, 'official_swin_v1.pt'), weights_only=True)
+    official = official_state_dict(ref['weights'], ref['buffers'])
+    checkpoint = ({'model': official} if source == 'official'
+                  else timm_conversion(official, ref['timm_keys']))
+    src, dst = tmp_path / f'swin_{source}.pth', tmp_path / 'swin_mmdet.pth'
+    torch.save(checkpoint, src)
+    assert convert_checkpoint.main([str(src), str(dst)]) == 0
+    assert f'format:      swin_v1_{source}' in capsys.readouterr().out
+    arch = ref['meta']['arch']
+    backbone = mmdet_swin_from(dst, arch['embed_dim'], arch['depths'], arch['num_heads'])
+    ours, final = mmdet_stage_outputs(backbone, ref['input'].float())
+    for i, (a, b) in enumerate(zip(ours, ref['stages'])):
+        assert max_abs_diff(a, b) <= 1e-4, f'stage {i}'
+    assert max_abs_diff(final[3], ref['final_norm']) <= 1e-4

@@ -359,6 +359,33 @@ def detect_layout(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint
         + '; '.join(f'{name} ({layout.description})' for name, layout in LAYOUTS.items()))
 
 
+# ---- Export: ours -> other layouts (for mmpretrain / timm users, and round-trip checks) ------
+EXPORTS: Dict[str, Layout] = {
+    'mmpretrain': Layout(
+        name='mmpretrain',
+        description='mmpretrain SwinTransformerV2 backbone inside an ImageClassifier',
+        renames=((r'^patch_embed\.proj\.', 'patch_embed.projection.'),
+                 (r'\.attn\.', '.attn.w_msa.'),
+                 (r'\.mlp\.fc1\.', '.ffn.layers.0.0.'),
+                 (r'\.mlp\.fc2\.', '.ffn.layers.1.'),
+                 (r'^', 'backbone.')),
+        transforms=((r'^backbone\.stages\.\d+\.downsample\.reduction\.weight$',
+                     _same_key(official_to_unfold_order)),)),
+    'timm': Layout(
+        name='timm',
+        description='timm swinv2_* (features; no head)',
+        drop=(r'^norm[0-2]\.',),
+        renames=((r'^stages\.', 'layers.'), (r'^norm3\.', 'norm.'))),
+}
+
+
+def export_state_dict(state_dict: Dict[str, torch.Tensor], target: str) -> Dict[str, torch.Tensor]:
+    """Our canonical state dict in another implementation's layout (``EXPORTS``)."""
+    if target not in EXPORTS:
+        raise ValueError(f'unknown export target {target!r}; known: {sorted(EXPORTS)}')
+    return EXPORTS[target].convert(state_dict)
+
+
 def resolve_layout(state_dict: Dict[str, torch.Tensor], fmt: str = 'auto',
                    source: str = 'checkpoint') -> Layout:
     """The detected layout (``fmt='auto'``), or the named one after checking the keys fit it."""
