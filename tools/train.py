@@ -1,0 +1,87 @@
+"""Train a detector (MMDetection config) or a segmentor (MMSegmentation config).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
+                                 [--resume [CKPT]] [--cfg-options KEY=VALUE ...]
+                                 [--launcher none|pytorch|slurm|mpi]
+    bash tools/dist_train.sh CONFIG GPUS [same options]
+
+The flags are MMDetection's. Checkpoints written by MMEngine (``--resume``, ``load_from``) are
+read with ``torch.load(weights_only=True)`` and mmswinv2's allow-list of MMEngine's own log
+objects, which torch >= 2.6 otherwise refuses.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
+from mmswinv2.launch import add_repo_to_path, load_config, setup_distributed_on_cpu  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector or a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='enable automatic-mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate with the total batch size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or without CKPT from the latest checkpoint '
+                             'in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def configure(args):
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in your config.', logger='current')
+        elif wrapper != 'OptimWrapper':
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
+                             f'{wrapper}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        scale = cfg.get('auto_scale_lr')
+        if not scale or 'base_batch_size' not in scale:
+            raise ValueError(f'{args.config}: --auto-scale-lr needs auto_scale_lr = '
+                             f'dict(enable=False, base_batch_size=N) in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    add_repo_to_path()
+    cfg = configure(args)
+    setup_distributed_on_cpu(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    with mmengine_checkpoints_allowed():
+        runner.train()
+
+
+if __name__ == '__main__':
+    main()
