@@ -26,6 +26,7 @@ def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
     codebase_of(cfg, path)
+    check_backbone_channels(cfg, path)
     return cfg
 
 
@@ -36,6 +37,46 @@ def codebase_of(cfg: Config, path: str = 'config') -> str:
                          f'(mmdet) and MMSegmentation (mmseg) configs, whose base runtime '
                          f'configs set it')
     return scope
+
+
+def check_backbone_channels(cfg: Config, path: str = 'config') -> None:
+    """Fail before building when the neck / decode heads expect other channels than the SwinV2
+    backbone produces (the detector would otherwise fail mid-forward with a conv shape error)."""
+    backbone = cfg.model.get('backbone', {})
+    if not str(backbone.get('type', '')).endswith('SwinTransformerV2'):
+        return
+    from .models.swin_transformer_v2 import _arch_settings, _check_out_indices
+    settings = _arch_settings(backbone.get('arch', 'tiny'))
+    stages = len(settings['depths'])
+    out_indices = _check_out_indices(backbone.get('out_indices', (0, 1, 2, 3)), stages)
+    produced = [settings['embed_dims'] * 2**i for i in out_indices]
+    described = (f"model.backbone ({backbone['type']}, arch {backbone.get('arch', 'tiny')!r}, "
+                 f"out_indices {list(out_indices)}) outputs channels {produced}")
+    consumers = [('model.neck', cfg.model.get('neck')),
+                 ('model.decode_head', cfg.model.get('decode_head')),
+                 ('model.auxiliary_head', cfg.model.get('auxiliary_head'))]
+    for name, head in consumers:
+        if not isinstance(head, dict) or 'in_channels' not in head:
+            continue
+        expected = head['in_channels']
+        if 'in_index' in head:  # mmseg heads pick outputs by index
+            index = head['in_index']
+            try:
+                got = ([produced[i] for i in index] if isinstance(index, (list, tuple))
+                       else produced[index])
+            except IndexError:
+                raise ValueError(f'{path}: {name}.in_index {index} selects outputs the backbone '
+                                 f'does not have; {described}') from None
+        else:
+            got = produced
+        if _as_list(expected) != _as_list(got):
+            raise ValueError(f'{path}: {name}.in_channels {expected} do not match {described}'
+                             + (f" (in_index {head['in_index']} selects {got})"
+                                if 'in_index' in head else ''))
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def setup_distributed_on_cpu(cfg: Config) -> None:

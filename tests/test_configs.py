@@ -70,3 +70,18 @@ def test_swinv2_weight_decay_groups(path):
                  'attn.q_bias', 'attn.v_bias', 'norm1.weight', 'mlp.fc1.bias'):
         assert decay[block + name] == 0, name
     assert decay['backbone.norm0.weight'] == 0
+
+
+@pytest.mark.parametrize('path, override, message', [
+    ('det/cascade_swinv2_base_coco.py', {'model.neck.in_channels': [96, 192, 384, 768]},
+     "model.neck.in_channels [96, 192, 384, 768] do not match model.backbone "
+     "(mmswinv2.SwinTransformerV2, arch 'base', out_indices [0, 1, 2, 3]) outputs channels "
+     "[128, 256, 512, 1024]"),
+    ('seg/upernet_swinv2_tiny_ade20k.py', {'model.auxiliary_head.in_channels': 512},
+     'model.auxiliary_head.in_channels 512 do not match model.backbone'),
+])
+def test_backbone_neck_channel_mismatch_fails_before_building(tmp_path, path, override, message):
+    from mmswinv2.launch import load_config
+    with pytest.raises(ValueError) as err:
+        load_config(os.path.join(ROOT, 'configs', path), override, str(tmp_path), 'none')
+    assert message in str(err.value)
