@@ -308,3 +308,20 @@ def test_timm_cr_checkpoint_into_official_backbone_names_the_options(tmp_path, t
         with pytest.raises(CheckpointError, match=r'a timm_cr checkpoint; build the backbone '
                                                   r'with learnable_k_bias=True, cpb_hidden_dims'):
             model.init_weights()
+
+
+def test_allow_list_survives_nested_use(tmp_path):
+    """Our own checkpoint reading inside tools/train.py's allow-list (pretrained backbone, then
+    --resume) must not drop the outer allow-list: torch's safe_globals is not re-entrant."""
+    from mmengine.logging import MessageHub
+
+    from mmswinv2.checkpoints import mmengine_checkpoints_allowed
+    hub = MessageHub.get_instance('nested')
+    hub.update_scalar('train/loss', 0.5)
+    path = tmp_path / 'epoch_1.pth'
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, message_hub=hub.state_dict()), path)
+    with mmengine_checkpoints_allowed():
+        read_checkpoint(path)  # enters and leaves the allow-list itself
+        torch.load(path, weights_only=True)  # MMEngine's own loading, still allowed
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # and nothing stays allowed afterwards

@@ -57,12 +57,27 @@ def mmengine_safe_globals():
             (_history_buffer_getattr, 'builtins.getattr')]
 
 
+_allowed_depth = 0
+
+
 @contextmanager
 def mmengine_checkpoints_allowed():
     """Let ``torch.load(weights_only=True)`` read MMEngine training checkpoints (and only the
-    classes they need). Used around MMEngine's own loading in tools/train.py and tools/test.py."""
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        yield
+    classes they need). Used around MMEngine's own loading in tools/train.py and tools/test.py.
+
+    Re-entrant: torch's ``safe_globals`` is not (leaving an inner one resets the allow-list to
+    torch's defaults, measured with torch 2.13), so only the outermost use enters it.
+    """
+    global _allowed_depth
+    _allowed_depth += 1
+    try:
+        if _allowed_depth == 1:
+            with torch.serialization.safe_globals(mmengine_safe_globals()):
+                yield
+        else:
+            yield
+    finally:
+        _allowed_depth -= 1
 
 
 def read_checkpoint(path: str) -> Checkpoint:
