@@ -1,0 +1,83 @@
+"""End to end with the real tools and the real UperNet SwinV2-T config, on a tiny dataset in the
+ADE20K layout generated here (JPEG images, PNG label maps, 0 = unlabeled, reduce_zero_label)."""
+import os
+import re
+import sys
+
+import pytest
+
+from e2e_helpers import ROOT, logged_losses, run_tool
+
+CONFIG = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    """Tiny dataset and a derived config that changes only the data root, the crop size (with
+    the resize scales that go with it) and the iteration counts."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    from make_demo_data import make_dataset
+    root = tmp_path_factory.mktemp('seg_e2e')
+    make_dataset(str(root / 'data'), n_train=4, n_val=2, seed=2, progress=False)
+    config = root / 'upernet_tiny_data.py'
+    config.write_text(f'''
+_base_ = {CONFIG!r}
+data_root = {str(root / 'data' / 'ade')!r}
+crop_size = (128, 128)
+model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(512, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(512, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=4, val_interval=4)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))
+''')
+    return root, config
+
+
+def test_train_then_test_and_tta(setup):
+    root, config = setup
+    work = root / 'work'
+    out = run_tool(['tools/train.py', str(config), '--work-dir', str(work)])
+    losses = logged_losses(out)
+    assert len(losses) == 4 and all(v == v and abs(v) != float('inf') for v in losses)
+    assert (work / 'iter_4.pth').exists()
+
+    out = run_tool(['tools/test.py', str(config), str(work / 'iter_4.pth'),
+                    '--work-dir', str(root / 'test'), '--out', str(root / 'pred')])
+    assert re.search(r'mIoU: [0-9.]+', out) and re.search(r'aAcc: [0-9.]+', out)
+    assert len(list((root / 'pred').glob('*.png'))) == 2
+
+    out = run_tool(['tools/test.py', str(config), str(work / 'iter_4.pth'),
+                    '--work-dir', str(root / 'tta'), '--tta'])
+    assert re.search(r'mIoU: [0-9.]+', out) and re.search(r'mAcc: [0-9.]+', out)
+    assert 'per class results' in out
+
+
+def test_train_under_torchrun_with_two_cpu_processes(setup):
+    root, config = setup
+    out = run_tool(['tools/train.py', str(config), '--work-dir', str(root / 'dist'),
+                    '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=10'],
+                   launcher=2)
+    [log] = (root / 'dist').glob('*/*.log')
+    log = log.read_text()
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    assert 'SyncBN layers built as BN' in out
+    assert len(logged_losses(log)) == 2 and (root / 'dist' / 'iter_2.pth').exists()
