@@ -1,8 +1,14 @@
 """mmswinv2: Swin Transformer V2 backbones for MMDetection and MMSegmentation.
 
-Importing the package registers ``SwinTransformerV2`` (scope ``mmswinv2``).
+Importing the package registers ``SwinTransformerV2``, ``CheckSegAnnotation`` and ``CocoDataset``
+(scope ``mmswinv2``).
 """
 from .models import SwinTransformerV2
 
 __version__ = '0.1.0'
 __all__ = ['SwinTransformerV2', '__version__']
+
+try:  # the data classes need mmcv / mmdet (absent when only the backbone is used)
+    from . import datasets  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass

@@ -1,10 +1,17 @@
-"""mmswinv2's registry: scope ``mmswinv2``, a child of MMEngine's root MODELS.
+"""mmswinv2's registries (scope ``mmswinv2``), children of MMEngine's root registries.
 
-``type='mmswinv2.SwinTransformerV2'`` in an mmdet or mmseg config makes MMEngine import this module
-and look the name up here; building it imports ``mmswinv2.models`` (``locations``).
+``type='mmswinv2.SwinTransformerV2'`` (or ``'mmswinv2.CheckSegAnnotation'`` in a pipeline) in an
+mmdet or mmseg config makes MMEngine import this module and look the name up here; building
+imports the modules in ``locations``.
 """
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmswinv2',
                   locations=['mmswinv2.models'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmswinv2',
+                    locations=['mmswinv2.datasets'])
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmswinv2',
+                      locations=['mmswinv2.datasets'])

@@ -325,3 +325,22 @@ def test_allow_list_survives_nested_use(tmp_path):
         torch.load(path, weights_only=True)  # MMEngine's own loading, still allowed
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # and nothing stays allowed afterwards
+
+
+def test_simmim_checkpoint_loads_its_encoder(tmp_path):
+    """A SimMIM pre-training checkpoint: the official SwinV2 under ``encoder.`` (plus
+    ``encoder.mask_token``) next to the reconstruction ``decoder.``, in ``model``
+    (microsoft/Swin-Transformer ``models/simmim.py``; ``utils_simmim`` strips ``encoder.``)."""
+    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    official = official_checkpoint(ref, 'w8_256')['model']
+    encoder = {f'encoder.{k}': v for k, v in official.items() if not k.startswith('head.')}
+    checkpoint = {'model': {**encoder, 'encoder.mask_token': torch.zeros(1, 1, 16),
+                            'decoder.0.weight': torch.zeros(3 * 32 * 32, 128, 1, 1),
+                            'decoder.0.bias': torch.zeros(3 * 32 * 32)}}
+    path = tmp_path / 'simmim_pretrain.pth'
+    torch.save(checkpoint, path)
+    assert detect_layout(read_checkpoint(path).state_dict).name == 'simmim'
+    model = pretrained(path, arch=SMALL, window_size=8)
+    raw, _ = raw_stage_outputs(model, ref['cases']['w8_256']['input'].float())
+    for i, (ours, theirs) in enumerate(zip(raw, ref['cases']['w8_256']['stages'])):
+        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'

@@ -47,7 +47,7 @@ def test_segmentation_config_builds_and_predicts(path):
     with torch.no_grad():
         [result] = model.test_step(dict(inputs=[image()], data_samples=[sample]))
     assert tuple(result.pred_sem_seg.data.shape) == (1, 96, 128)
-    assert result.seg_logits.data.shape[0] == 150
+    assert result.seg_logits.data.shape[0] == cfg.model.decode_head.num_classes
 
 
 @pytest.mark.parametrize('path', [p for p in DET + SEG if 'swinv2' in p], ids=os.path.basename)

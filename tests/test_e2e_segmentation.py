@@ -28,6 +28,7 @@ model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='mmswinv2.CheckSegAnnotation', num_classes=150),
     dict(type='RandomResize', scale=(512, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -38,6 +39,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(512, 128), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='mmswinv2.CheckSegAnnotation', num_classes=150),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(num_workers=0, persistent_workers=False,

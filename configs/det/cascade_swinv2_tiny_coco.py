@@ -39,3 +39,9 @@ optim_wrapper = dict(
 
 # 8 GPUs x 2 images; tools/train.py --auto-scale-lr rescales lr for other totals.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# MMDetection's CocoDataset, with annotations whose polygon list is empty ignored instead of
+# failing with a KeyError that names no file.
+train_dataloader = dict(dataset=dict(type='mmswinv2.CocoDataset'))
+val_dataloader = dict(dataset=dict(type='mmswinv2.CocoDataset'))
+test_dataloader = val_dataloader

@@ -26,3 +26,9 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg={{_base_.swinv2_paramwise_cfg}})
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# MMDetection's CocoDataset, with annotations whose polygon list is empty ignored instead of
+# failing with a KeyError that names no file.
+train_dataloader = dict(dataset=dict(type='mmswinv2.CocoDataset'))
+val_dataloader = dict(dataset=dict(type='mmswinv2.CocoDataset'))
+test_dataloader = val_dataloader

@@ -1,0 +1,4 @@
+from .coco import CocoDataset
+from .transforms import CheckSegAnnotation
+
+__all__ = ['CheckSegAnnotation', 'CocoDataset']
