@@ -7,12 +7,16 @@ import sys
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 
-def run_tool(args, timeout=900, launcher=None):
-    """Run ``python tools/<args>`` (or torchrun with ``launcher=N`` processes); return stdout+err.
-    Fails the test with the tail of the output when the command fails."""
-    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1' if launcher else
-           os.environ.get('OMP_NUM_THREADS', '2')}
-    if launcher:
+def run_tool(args, timeout=900, launcher=None, script=None):
+    """Run ``python tools/<args>`` (or torchrun with ``launcher=N`` processes, or a shell
+    ``script`` such as tools/dist_train.sh); return stdout+err. Fails the test with the tail of
+    the output when the command fails."""
+    env = {**os.environ, 'PYTHONPATH': ROOT, 'OMP_NUM_THREADS': '1' if launcher or script else
+           os.environ.get('OMP_NUM_THREADS', '2'), 'PORT': str(29500 + os.getpid() % 1000)}
+    env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')  # torchrun
+    if script:
+        cmd = ['bash', script, *args]
+    elif launcher:
         cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={launcher}',
                '--master_port', str(29500 + os.getpid() % 1000), *args, '--launcher', 'pytorch']
     else:

@@ -50,6 +50,23 @@ def test_segmentation_config_builds_and_predicts(path):
     assert result.seg_logits.data.shape[0] == cfg.model.decode_head.num_classes
 
 
+def test_sliding_window_segmentation_by_option():
+    """The README's --cfg-options for slide inference on large images."""
+    from mmseg.structures import SegDataSample
+    path = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict({'model.test_cfg.mode': 'slide', 'model.test_cfg.crop_size': (64, 64),
+                         'model.test_cfg.stride': (48, 48)})
+    from mmseg.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model).eval()
+    sample = SegDataSample(metainfo=dict(img_shape=(96, 128), ori_shape=(96, 128)))
+    with torch.no_grad():
+        [result] = model.test_step(dict(inputs=[image()], data_samples=[sample]))
+    assert model.test_cfg.mode == 'slide'
+    assert tuple(result.pred_sem_seg.data.shape) == (1, 96, 128)
+
+
 @pytest.mark.parametrize('path', [p for p in DET + SEG if 'swinv2' in p], ids=os.path.basename)
 def test_swinv2_weight_decay_groups(path):
     """SwinV2's exclusions, as mmengine's optimizer constructor builds them from the config."""

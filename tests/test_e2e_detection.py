@@ -109,12 +109,12 @@ def test_train_test_resume(setup):
     assert list((root / 'test').rglob('vis/*.jpg'))
 
 
-def test_train_under_torchrun_with_two_cpu_processes(setup):
+def test_dist_train_sh_runs_two_cpu_processes_under_torchrun(setup):
     root, config = setup
-    out = run_tool(['tools/train.py', str(config), '--work-dir', str(root / 'dist'),
+    out = run_tool([str(config), '2', '--work-dir', str(root / 'dist'),
                     '--cfg-options', 'model.backbone.init_cfg=None', 'train_cfg.max_epochs=2',
                     'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None', *NUM_CLASSES],
-                   launcher=2)
+                   script='tools/dist_train.sh')
     [log] = (root / 'dist').glob('*/*.log')
     log = log.read_text()
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
