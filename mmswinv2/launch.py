@@ -1,15 +1,41 @@
 """What tools/train.py and tools/test.py share: loading a config the OpenMMLab way and the few
 environment fixes this stack needs. Detection and segmentation are told apart by the config's
 ``default_scope`` (``mmdet`` / ``mmseg``), which their base runtime configs set."""
+import argparse
 import os
 import os.path as osp
 from typing import Optional
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 CODEBASES = ('mmdet', 'mmseg')
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """The options both tools share: ``--cfg-options``, ``--launcher``, ``--local_rank``."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help=f'override config settings, e.g. {example}')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launch_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, and export ``LOCAL_RANK`` for launchers that pass ``--local_rank`` instead."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_runner(cfg: Config):
+    """MMEngine's Runner for ``cfg`` (``runner_type`` honoured), after the CPU launcher fixes."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    setup_distributed_on_cpu(cfg)
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],

@@ -6,7 +6,6 @@ import shutil
 import sys
 
 import cv2
-import numpy as np
 import pytest
 from mmengine.config import Config
 from mmengine.registry import DefaultScope

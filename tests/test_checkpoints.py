@@ -45,43 +45,14 @@ def official_checkpoint(fixture, case):
     return {'model': official_state_dict(fixture['weights'], fixture['cases'][case]['buffers'])}
 
 
-def timm_conversion(official, timm_keys):
-    """timm's checkpoint_filter_fn output, rebuilt from the key mapping it produced."""
-    return {timm_key: official[official_key] for timm_key, official_key in timm_keys.items()}
+@pytest.fixture(scope='module')
+def official_ref():
+    return torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
 
 
-@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
-def test_official_checkpoint_matches_official_outputs(tmp_path, case):
-    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
-    path = tmp_path / 'swinv2_official.pth'
-    torch.save(official_checkpoint(ref, case), path)
-    settings = ref['cases'][case]['settings']
-    assert detect_layout(read_checkpoint(path).state_dict).name == 'official'
-    model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
-                       pretrained_window_sizes=settings['pretrained_window_sizes'])
-    raw, outs = raw_stage_outputs(model, ref['cases'][case]['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, ref['cases'][case]['stages'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
-    assert max_abs_diff(outs[3], ref['cases'][case]['final_norm']) <= TOL
-
-
-@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
-@pytest.mark.parametrize('layout', ['timm', 'mmpretrain'])
-def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path, case, layout):
-    """Official weights in timm's layout (converted by timm's own checkpoint_filter_fn) and in
-    mmpretrain's (exported by us; real mmpretrain reproduced the official outputs on that export
-    when the fixture was made) load back and give the official outputs."""
-    from mmswinv2.checkpoints.formats import convert_state_dict, export_state_dict
-    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
-    official = official_checkpoint(ref, case)['model']
-    if layout == 'timm':
-        checkpoint = timm_conversion(official, ref['cases'][case]['timm_keys'])
-    else:
-        assert ref['cases'][case]['mmpretrain_max_diff'] <= TOL
-        checkpoint = {'state_dict': export_state_dict(
-            convert_state_dict(official, 'official'), 'mmpretrain')}
-    path = tmp_path / f'{layout}.pth'
-    torch.save(checkpoint, path)
+def assert_loads_to_official(path, ref, case, layout):
+    """``path`` is detected as ``layout``, loads with the case's windows, and every stage output
+    and the final norm equal the official code's."""
     assert detect_layout(read_checkpoint(path).state_dict).name == layout
     settings = ref['cases'][case]['settings']
     model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
@@ -92,14 +63,46 @@ def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path,
     assert max_abs_diff(outs[3], ref['cases'][case]['final_norm']) <= TOL
 
 
+def timm_conversion(official, timm_keys):
+    """timm's checkpoint_filter_fn output, rebuilt from the key mapping it produced."""
+    return {timm_key: official[official_key] for timm_key, official_key in timm_keys.items()}
+
+
+@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
+def test_official_checkpoint_matches_official_outputs(tmp_path, official_ref, case):
+    path = tmp_path / 'swinv2_official.pth'
+    torch.save(official_checkpoint(official_ref, case), path)
+    assert_loads_to_official(path, official_ref, case, 'official')
+
+
+@pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
+@pytest.mark.parametrize('layout', ['timm', 'mmpretrain'])
+def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path, official_ref,
+                                                                       case, layout):
+    """Official weights in timm's layout (converted by timm's own checkpoint_filter_fn) and in
+    mmpretrain's (exported by us; real mmpretrain reproduced the official outputs on that export
+    when the fixture was made) load back and give the official outputs."""
+    from mmswinv2.checkpoints.formats import convert_state_dict, export_state_dict
+    ref = official_ref
+    official = official_checkpoint(ref, case)['model']
+    if layout == 'timm':
+        checkpoint = timm_conversion(official, ref['cases'][case]['timm_keys'])
+    else:
+        assert ref['cases'][case]['mmpretrain_max_diff'] <= TOL
+        checkpoint = {'state_dict': export_state_dict(
+            convert_state_dict(official, 'official'), 'mmpretrain')}
+    path = tmp_path / f'{layout}.pth'
+    torch.save(checkpoint, path)
+    assert_loads_to_official(path, ref, case, layout)
+
+
 @pytest.mark.parametrize('case, windows, pretrained', [
     ('w8_256', [8, 8, 8, 8], [0, 0, 0, 0]),
     ('w16_256_pw12', [16, 16, 16, 8], [12, 12, 12, 6]),  # stage 4 clipped to the 8x8 map
 ])
-def test_windows_are_read_from_official_buffers(case, windows, pretrained):
+def test_windows_are_read_from_official_buffers(official_ref, case, windows, pretrained):
     from mmswinv2.checkpoints.arch import windows_from_coords_tables
-    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
-    found = windows_from_coords_tables(official_checkpoint(ref, case)['model'])
+    found = windows_from_coords_tables(official_checkpoint(official_ref, case)['model'])
     assert found == dict(window_sizes=windows, pretrained_window_sizes=pretrained)
 
 
@@ -327,20 +330,15 @@ def test_allow_list_survives_nested_use(tmp_path):
         torch.load(path, weights_only=True)  # and nothing stays allowed afterwards
 
 
-def test_simmim_checkpoint_loads_its_encoder(tmp_path):
+def test_simmim_checkpoint_loads_its_encoder(tmp_path, official_ref):
     """A SimMIM pre-training checkpoint: the official SwinV2 under ``encoder.`` (plus
     ``encoder.mask_token``) next to the reconstruction ``decoder.``, in ``model``
     (microsoft/Swin-Transformer ``models/simmim.py``; ``utils_simmim`` strips ``encoder.``)."""
-    ref = torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
-    official = official_checkpoint(ref, 'w8_256')['model']
+    official = official_checkpoint(official_ref, 'w8_256')['model']
     encoder = {f'encoder.{k}': v for k, v in official.items() if not k.startswith('head.')}
     checkpoint = {'model': {**encoder, 'encoder.mask_token': torch.zeros(1, 1, 16),
                             'decoder.0.weight': torch.zeros(3 * 32 * 32, 128, 1, 1),
                             'decoder.0.bias': torch.zeros(3 * 32 * 32)}}
     path = tmp_path / 'simmim_pretrain.pth'
     torch.save(checkpoint, path)
-    assert detect_layout(read_checkpoint(path).state_dict).name == 'simmim'
-    model = pretrained(path, arch=SMALL, window_size=8)
-    raw, _ = raw_stage_outputs(model, ref['cases']['w8_256']['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, ref['cases']['w8_256']['stages'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+    assert_loads_to_official(path, official_ref, 'w8_256', 'simmim')

@@ -18,14 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from mmengine.config import ConfigDict, DictAction  # noqa: E402
+from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
-from mmswinv2.launch import (add_repo_to_path, codebase_of, load_config,  # noqa: E402
-                             setup_distributed_on_cpu)
+from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
+                             codebase_of, load_config, parse_launch_args)
 
 
 def parse_args(argv=None):
@@ -40,15 +38,8 @@ def parse_args(argv=None):
                                            'work dir\'s timestamped folder for detection)')
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. test_dataloader.batch_size=2')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launch_arguments(parser, example='test_dataloader.batch_size=2')
+    return parse_launch_args(parser, argv)
 
 
 def configure(args):
@@ -115,8 +106,7 @@ def main(argv=None):
     args = parse_args(argv)
     add_repo_to_path()
     cfg, codebase = configure(args)
-    setup_distributed_on_cpu(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     if args.out is not None and codebase == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -15,13 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
-from mmswinv2.launch import add_repo_to_path, load_config, setup_distributed_on_cpu  # noqa: E402
+from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
+                             load_config, parse_launch_args)
 
 
 def parse_args(argv=None):
@@ -35,15 +33,8 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without CKPT from the latest checkpoint '
                              'in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. train_cfg.max_iters=100')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launch_arguments(parser, example='train_cfg.max_iters=100')
+    return parse_launch_args(parser, argv)
 
 
 def configure(args):
@@ -77,8 +68,7 @@ def main(argv=None):
     args = parse_args(argv)
     add_repo_to_path()
     cfg = configure(args)
-    setup_distributed_on_cpu(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     with mmengine_checkpoints_allowed():
         runner.train()
 

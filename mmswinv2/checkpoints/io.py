@@ -131,7 +131,7 @@ def _load_torch(path):
     try:
         with mmengine_checkpoints_allowed():
             return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         unsafe = _unsafe_globals(path)
         detail = f' It references {", ".join(unsafe)}.' if unsafe else ''
         raise CheckpointError(
