@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
@@ -29,25 +30,22 @@ sys.path.insert(0, ROOT)
 TASKS = {
     'detection': dict(
         config='configs/det/demo_mask_rcnn_swinv2_shapes.py', scope='mmdet',
-        checkpoint='epoch_4.pth',
         metrics={'coco/bbox_mAP_50': 'bbox AP50', 'coco/bbox_mAP': 'bbox AP',
                  'coco/segm_mAP_50': 'segm AP50', 'coco/segm_mAP': 'segm AP'}),
     'segmentation': dict(
         config='configs/seg/demo_upernet_swinv2_shapes.py', scope='mmseg',
-        checkpoint='iter_400.pth',
         metrics={'mIoU': 'mIoU (%)', 'mAcc': 'mAcc (%)', 'aAcc': 'aAcc (%)'}),
 }
 PICTURES_PER_TASK = 6
-#: --smoke: a few images, a few iterations (config overrides and the checkpoint they produce).
+#: --smoke: a few images, a few iterations (config overrides).
 SMOKE = {
-    'detection': (['train_dataloader.dataset.indices=4', 'val_dataloader.dataset.indices=2',
-                   'test_dataloader.dataset.indices=2', 'train_cfg.max_epochs=1',
-                   'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
-                   'default_hooks.checkpoint.interval=1'], 'epoch_1.pth'),
-    'segmentation': (['val_dataloader.dataset.indices=2', 'test_dataloader.dataset.indices=2',
-                      'train_cfg.max_iters=4', 'train_cfg.val_interval=2',
-                      'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=4'],
-                     'iter_4.pth'),
+    'detection': ['train_dataloader.dataset.indices=4', 'val_dataloader.dataset.indices=2',
+                  'test_dataloader.dataset.indices=2', 'train_cfg.max_epochs=1',
+                  'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
+                  'default_hooks.checkpoint.interval=1'],
+    'segmentation': ['val_dataloader.dataset.indices=2', 'test_dataloader.dataset.indices=2',
+                     'train_cfg.max_iters=4', 'train_cfg.val_interval=2',
+                     'default_hooks.logger.interval=1', 'default_hooks.checkpoint.interval=4'],
 }
 
 
@@ -75,10 +73,8 @@ def main(argv=None):
         work = os.path.join(out, 'work', task)
         options = [] if args.data_root == 'data/demo' else _data_root_options(task,
                                                                               args.data_root)
-        checkpoint = spec['checkpoint']
         if args.smoke:
-            options = options + SMOKE[task][0]
-            checkpoint = SMOKE[task][1]
+            options = options + SMOKE[task]
         step(f'{task}: evaluating the untrained model', start)
         untrained = save_untrained_checkpoint(spec, os.path.join(work, 'untrained.pth'))
         before = evaluate(spec, untrained, os.path.join(work, 'test_untrained'), options,
@@ -87,8 +83,7 @@ def main(argv=None):
         run(['tools/train.py', spec['config'], '--work-dir', work, *_cfg(options)],
             os.path.join(out, 'logs', f'{task}_train.log'))
         step(f'{task}: evaluating the trained model and drawing its predictions', start)
-        after = evaluate(spec, os.path.join(work, checkpoint),
-                         os.path.join(work, 'test'), options,
+        after = evaluate(spec, last_checkpoint(work), os.path.join(work, 'test'), options,
                          os.path.join(out, 'logs', f'{task}_test.log'), draw=True)
         metrics[task] = dict(untrained=before, trained=after,
                              config=spec['config'])
@@ -118,22 +113,34 @@ def run(args, log_path):
 
 
 def save_untrained_checkpoint(spec, path):
-    """The model as training starts (initialised, not trained), saved for tools/test.py."""
-    import torch
-    from mmengine.config import Config
-    from mmengine.logging import MMLogger
-    from mmengine.registry import DefaultScope
-    # init_weights reports every parameter to the current MMLogger: keep the demo's output short
-    MMLogger.get_instance('mmswinv2_demo', log_level='WARNING')
-    cfg = Config.fromfile(os.path.join(ROOT, spec['config']))
-    registry = __import__(f'{spec["scope"]}.registry', fromlist=['MODELS']).MODELS
-    with DefaultScope.overwrite_default_scope(spec['scope']):
-        torch.manual_seed(0)
-        model = registry.build(cfg.model)
-        model.init_weights()
+    """The model as training starts (initialised, not trained), saved for tools/test.py.
+
+    Built in this process with its warnings silenced: the same build in tools/train.py logs
+    them to the task's log.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        import torch
+        from mmengine.config import Config
+        from mmengine.logging import MMLogger
+        from mmengine.registry import DefaultScope
+        # init_weights reports every parameter to the current MMLogger: keep the output short
+        MMLogger.get_instance(f'mmswinv2_demo_{spec["scope"]}', log_level='WARNING')
+        cfg = Config.fromfile(os.path.join(ROOT, spec['config']))
+        registry = __import__(f'{spec["scope"]}.registry', fromlist=['MODELS']).MODELS
+        with DefaultScope.overwrite_default_scope(spec['scope']):
+            torch.manual_seed(0)
+            model = registry.build(cfg.model)
+            model.init_weights()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
+
+
+def last_checkpoint(work_dir):
+    """The checkpoint MMEngine saved at the end of training (it names it in `last_checkpoint`)."""
+    with open(os.path.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
 
 
 def evaluate(spec, checkpoint, work, options, log_path, draw=False):

@@ -3,9 +3,10 @@
     python tools/make_demo_data.py [--out data/demo] [--train 96] [--val 24] [--seed 0]
 
 Deterministic from the seed. Each scene is a cluttered background (gradient, blobs, lines,
-noise) with 2-6 objects of four classes that differ in shape and texture (striped discs,
-checkered boxes, dotted triangles, plain stars), of varied size and aspect ratio, overlapping
-each other, on images of varied sizes. Written as real files:
+noise) with 2-6 objects of four classes that differ in shape, texture and hue (striped reddish
+discs, checkered bluish boxes, dotted yellowish triangles, plain greenish stars; saturation and
+brightness vary), of varied size and aspect ratio, overlapping each other, on images of varied
+sizes. Written as real files:
 
     OUT/coco/{train,val}/*.jpg, OUT/coco/annotations/instances_{train,val}.json
         polygons of each object's *visible* region (occlusion applied), bbox, area
@@ -27,6 +28,8 @@ CLASSES = ('disc', 'box', 'triangle', 'star')
 SEG_CLASSES = ('background',) + CLASSES
 #: Colours for drawing predictions (RGB), background first.
 PALETTE = [(70, 70, 70), (230, 60, 60), (60, 160, 230), (240, 200, 40), (90, 200, 90)]
+#: Each class is painted in hues within this distance (of 256) of its palette colour.
+HUE_JITTER = 12
 MIN_VISIBLE = 0.35  # objects less visible than this (fraction of their area) are dropped
 
 
@@ -159,10 +162,10 @@ def _shape(rng, cls, h, w):
 
 
 def _paint(rng, image, mask, cls):
-    """Fill ``mask`` with the class texture in a random colour."""
+    """Fill ``mask`` with the class texture, in a colour of the class's hue family."""
     h, w = mask.shape
     ys, xs = np.mgrid[0:h, 0:w]
-    colour = rng.uniform(30, 255, 3)
+    colour = _class_colour(rng, cls)
     other = 255 - colour
     name = CLASSES[cls]
     period = int(rng.integers(5, 10))
@@ -177,6 +180,15 @@ def _paint(rng, image, mask, cls):
     texture = np.where(pattern[..., None], other, colour)
     texture = texture + rng.normal(0, 8, texture.shape)
     image[mask] = np.clip(texture[mask], 0, 255).astype(np.uint8)
+
+
+def _class_colour(rng, cls):
+    """A BGR colour near the class's palette hue, of random saturation and brightness."""
+    r, g, b = PALETTE[cls + 1]
+    hue = cv2.cvtColor(np.uint8([[[b, g, r]]]), cv2.COLOR_BGR2HSV_FULL)[0, 0, 0]
+    hsv = np.uint8([[[(int(hue) + int(rng.integers(-HUE_JITTER, HUE_JITTER + 1))) % 256,
+                      rng.integers(110, 256), rng.integers(110, 256)]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR_FULL)[0, 0].astype(float)
 
 
 def _write_jpeg(path, image):
