@@ -4,13 +4,16 @@ environment fixes this stack needs. Detection and segmentation are told apart by
 import argparse
 import os
 import os.path as osp
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
+from .checkpoints import mmengine_checkpoints_allowed
+
 CODEBASES = ('mmdet', 'mmseg')
+T = TypeVar('T')
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -36,6 +39,19 @@ def build_runner(cfg: Config):
     from mmengine.runner import Runner
     setup_distributed_on_cpu(cfg)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def run(step: Callable[[], T]) -> T:
+    """``runner.train`` / ``runner.test`` with MMEngine's own checkpoints loadable, then the
+    process group (if any) destroyed: left to interpreter exit, gloo's threads can abort a
+    finished process (SIGABRT, "terminate called without an active exception"; seen in a
+    2-process CPU run, pytorch/pytorch#190489)."""
+    try:
+        with mmengine_checkpoints_allowed():
+            return step()
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],

@@ -21,9 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
-from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
 from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
-                             codebase_of, load_config, parse_launch_args)
+                             codebase_of, load_config, parse_launch_args, run)
 
 
 def parse_args(argv=None):
@@ -110,8 +109,7 @@ def main(argv=None):
     if args.out is not None and codebase == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    with mmengine_checkpoints_allowed():
-        return runner.test()
+    return run(runner.test)
 
 
 if __name__ == '__main__':

@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from mmengine.logging import print_log  # noqa: E402
 
-from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
 from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
-                             load_config, parse_launch_args)
+                             load_config, parse_launch_args, run)
 
 
 def parse_args(argv=None):
@@ -69,8 +68,7 @@ def main(argv=None):
     add_repo_to_path()
     cfg = configure(args)
     runner = build_runner(cfg)
-    with mmengine_checkpoints_allowed():
-        runner.train()
+    run(runner.train)
 
 
 if __name__ == '__main__':
