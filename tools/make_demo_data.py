@@ -26,10 +26,13 @@ from mmengine.utils import track_iter_progress
 
 CLASSES = ('disc', 'box', 'triangle', 'star')
 SEG_CLASSES = ('background',) + CLASSES
-#: Colours for drawing predictions (RGB), background first.
+#: Class colours (RGB), background first: objects are painted in hues near their class colour.
 PALETTE = [(70, 70, 70), (230, 60, 60), (60, 160, 230), (240, 200, 40), (90, 200, 90)]
 #: Each class is painted in hues within this distance (of 256) of its palette colour.
 HUE_JITTER = 12
+#: The palette hue of each object class (OpenCV's full 0-255 hue scale).
+CLASS_HUES = [int(cv2.cvtColor(np.uint8([[rgb]]), cv2.COLOR_RGB2HSV_FULL)[0, 0, 0])
+              for rgb in PALETTE[1:]]
 MIN_VISIBLE = 0.35  # objects less visible than this (fraction of their area) are dropped
 
 
@@ -184,9 +187,7 @@ def _paint(rng, image, mask, cls):
 
 def _class_colour(rng, cls):
     """A BGR colour near the class's palette hue, of random saturation and brightness."""
-    r, g, b = PALETTE[cls + 1]
-    hue = cv2.cvtColor(np.uint8([[[b, g, r]]]), cv2.COLOR_BGR2HSV_FULL)[0, 0, 0]
-    hsv = np.uint8([[[(int(hue) + int(rng.integers(-HUE_JITTER, HUE_JITTER + 1))) % 256,
+    hsv = np.uint8([[[(CLASS_HUES[cls] + int(rng.integers(-HUE_JITTER, HUE_JITTER + 1))) % 256,
                       rng.integers(110, 256), rng.integers(110, 256)]]])
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR_FULL)[0, 0].astype(float)
 
