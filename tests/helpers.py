@@ -1,5 +1,7 @@
 """Shared by the tests and by the scripts that make reference fixtures (which run elsewhere)."""
+import copy
 import math
+import platform
 
 import torch
 import torch.nn as nn
@@ -26,6 +28,45 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
                 value = 0.05 * torch.randn(p.shape, generator=g)
             p.copy_(value)
     return model
+
+
+#: Layout version of the reference fixtures (``fixtures/*.pt``). 2: every reference output is the
+#: reference implementation's float64 result, and ``meta`` records the reference's own fp32
+#: error. The tests refuse fixtures of any other version.
+FIXTURE_FORMAT = 2
+
+
+def float64_reference(model: nn.Module, x: torch.Tensor, outputs_of):
+    """Run a reference implementation on ``x`` in float64 and in float32.
+
+    ``outputs_of(model, x)`` returns the list of tensors to record. Returns the float64 outputs
+    (what a fixture stores: rounding error ~1e-15, the same on every CPU) and, per output, the
+    max |fp32 - fp64| of the reference itself on this machine (what the tests' fp32 bound is
+    derived from). ``model`` is left untouched.
+    """
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        outputs = [t.detach().clone() for t in outputs_of(model64, x.double())]
+        outputs32 = outputs_of(copy.deepcopy(model).float(), x.float())
+    errors = [max_abs_diff(a.double(), b) for a, b in zip(outputs32, outputs)]
+    return outputs, errors
+
+
+def machine() -> dict:
+    """Where a fixture or measurement was made: CPU, the kernels torch chose, torch version."""
+    return dict(cpu=_cpu_name(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                torch=str(torch.__version__))
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

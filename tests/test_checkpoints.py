@@ -1,7 +1,8 @@
 """Loading public checkpoint layouts into the backbone through ``init_cfg``, and bad files.
 
-Reference outputs come from the real implementations: HF transformers in-process, timm and
-mmpretrain through committed fixtures (see fixtures/make_*_fixtures.py).
+Reference outputs come from the real implementations, in float64: HF transformers in-process,
+the official code, timm and mmpretrain through committed fixtures (see fixtures/make_*_fixtures.py).
+Ours are compared in float64 and in float32 (the rule and bounds: ``parity.py``).
 """
 import os
 import pickle
@@ -14,11 +15,11 @@ from transformers import Swinv2Config, Swinv2Model
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import CheckpointError, detect_layout, read_checkpoint
 
-from helpers import capture_outputs, max_abs_diff, randomize_, raw_stage_outputs
+from helpers import capture_outputs, float64_reference, randomize_, raw_stage_outputs
+from parity import (assert_matches_reference, load_fixture, official_logit_clamp,
+                    stages_and_final_norm)
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-TOL = 1e-4
 
 
 def fp32(tree):
@@ -47,7 +48,16 @@ def official_checkpoint(fixture, case):
 
 @pytest.fixture(scope='module')
 def official_ref():
-    return torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    return load_fixture('official_swinv2.pt')
+
+
+def assert_matches_official(model, ref, case, label):
+    """Every stage output and the final norm of ``model`` equal the official code's."""
+    case_ref = ref['cases'][case]
+    with official_logit_clamp():
+        assert_matches_reference(stages_and_final_norm, model, case_ref['input'],
+                                 [*case_ref['stages'], case_ref['final_norm']],
+                                 case_ref['reference_fp32_error'], label)
 
 
 def assert_loads_to_official(path, ref, case, layout):
@@ -57,10 +67,7 @@ def assert_loads_to_official(path, ref, case, layout):
     settings = ref['cases'][case]['settings']
     model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
                        pretrained_window_sizes=settings['pretrained_window_sizes'])
-    raw, outs = raw_stage_outputs(model, ref['cases'][case]['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, ref['cases'][case]['stages'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
-    assert max_abs_diff(outs[3], ref['cases'][case]['final_norm']) <= TOL
+    assert_matches_official(model, ref, case, f'official_swinv2 {case} via {layout}')
 
 
 def timm_conversion(official, timm_keys):
@@ -68,6 +75,7 @@ def timm_conversion(official, timm_keys):
     return {timm_key: official[official_key] for timm_key, official_key in timm_keys.items()}
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
 def test_official_checkpoint_matches_official_outputs(tmp_path, official_ref, case):
     path = tmp_path / 'swinv2_official.pth'
@@ -75,6 +83,7 @@ def test_official_checkpoint_matches_official_outputs(tmp_path, official_ref, ca
     assert_loads_to_official(path, official_ref, case, 'official')
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
 @pytest.mark.parametrize('layout', ['timm', 'mmpretrain'])
 def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path, official_ref,
@@ -88,7 +97,7 @@ def test_timm_and_mmpretrain_layouts_round_trip_to_the_official_result(tmp_path,
     if layout == 'timm':
         checkpoint = timm_conversion(official, ref['cases'][case]['timm_keys'])
     else:
-        assert ref['cases'][case]['mmpretrain_max_diff'] <= TOL
+        assert ref['cases'][case]['mmpretrain_max_diff'] <= 1e-6  # float64, see the script
         checkpoint = {'state_dict': export_state_dict(
             convert_state_dict(official, 'official'), 'mmpretrain')}
     path = tmp_path / f'{layout}.pth'
@@ -106,31 +115,32 @@ def test_windows_are_read_from_official_buffers(official_ref, case, windows, pre
     assert found == dict(window_sizes=windows, pretrained_window_sizes=pretrained)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('case', ['w8_256', 'w16_256_pw12'])
 def test_mmpretrain_checkpoint_matches_mmpretrain_outputs(tmp_path, case):
-    ref = torch.load(os.path.join(FIXTURES, 'mmpretrain_swinv2.pt'), weights_only=True)
+    ref = load_fixture('mmpretrain_swinv2.pt')
     path = tmp_path / 'swinv2_mmpretrain.pth'
     torch.save(fp32(ref['checkpoint']), path)
-    settings = ref['cases'][case]['settings']
+    case_ref = ref['cases'][case]
+    settings = case_ref['settings']
     assert detect_layout(read_checkpoint(path).state_dict).name == 'mmpretrain'
     model = pretrained(path, arch=SMALL, window_size=settings['window_size'],
                        pretrained_window_sizes=settings['pretrained_window_sizes'])
-    with torch.no_grad():
-        outs = model(ref['cases'][case]['input'].float())
-    for i, (ours, theirs) in enumerate(zip(outs, ref['cases'][case]['outputs'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'output {i}'
+    assert_matches_reference(lambda m, x: list(m(x)), model, case_ref['input'],
+                             case_ref['outputs'], case_ref['reference_fp32_error'],
+                             f'mmpretrain_swinv2 {case}')
 
 
+@pytest.mark.parity
 def test_timm_checkpoint_matches_timm_outputs(tmp_path):
-    ref = torch.load(os.path.join(FIXTURES, 'timm_swinv2.pt'), weights_only=True)
+    ref = load_fixture('timm_swinv2.pt')
     path = tmp_path / 'swinv2_tiny_window8_256.pth'
     torch.save(fp32(ref['state_dict']), path)
     case = ref['cases']['w8_256']
     model = pretrained(path, arch=SMALL, window_size=8)
-    raw, outs = raw_stage_outputs(model, case['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, case['stages'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
-    assert max_abs_diff(outs[3], case['final_norm']) <= TOL
+    assert_matches_reference(stages_and_final_norm, model, case['input'],
+                             [*case['stages'], case['final_norm']], case['reference_fp32_error'],
+                             'timm_swinv2 w8_256 via init_cfg')
     # timm has a single final norm: the others start as the identity.
     assert torch.equal(model.norm0.weight, torch.ones(16))
     assert torch.equal(model.norm0.bias, torch.zeros(16))
@@ -147,6 +157,7 @@ def hf_folder(tmp_path_factory):
     return hf, folder
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('which', ['folder', 'weights_file'])
 def test_hf_folder_and_weights_file_match_hf_final_output(hf_folder, which):
     hf, folder = hf_folder
@@ -154,10 +165,10 @@ def test_hf_folder_and_weights_file_match_hf_final_output(hf_folder, which):
     assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors']
     model = pretrained(path, arch=SMALL, window_size=8)
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        theirs = hf(x).last_hidden_state  # (N, L, C) after the final layernorm
-        ours = model(x)[3].flatten(2).transpose(1, 2)
-    assert max_abs_diff(ours, theirs) <= TOL
+    # (N, L, C) after the final layernorm
+    theirs, hf_error = float64_reference(hf, x, lambda m, x: [m(x).last_hidden_state])
+    assert_matches_reference(lambda m, x: [m(x)[3].flatten(2).transpose(1, 2)], model, x,
+                             theirs, hf_error, f'HF {which}')
 
 
 def test_whole_mmdet_checkpoint_with_training_logs_loads_backbone_only(tmp_path):
@@ -252,14 +263,24 @@ HF_SEEDS = {
 }
 
 
-def hf_stage_outputs(hf_model, x):
-    """HF's per-stage hidden states before patch merging, NCHW."""
+def hf_stages_and_final_norm(hf_model, x):
+    """HF's per-stage hidden states before patch merging (NCHW), then its final layernorm's
+    output (N, L, C)."""
     def before_merge(output):  # Swinv2Stage -> (hidden, hidden before merging, dims, ...)
         hidden, dims = output[1], output[2]
         return hidden.view(hidden.shape[0], dims[0], dims[1], -1).permute(0, 3, 1, 2)
-    return capture_outputs(hf_model.swinv2.encoder.layers, lambda: hf_model(x), before_merge)[0]
+    stages, output = capture_outputs(hf_model.swinv2.encoder.layers,
+                                     lambda: hf_model.swinv2(x), before_merge)
+    return [*stages, output.last_hidden_state]
 
 
+def stages_and_final_tokens(model, x):
+    """Ours, as :func:`hf_stages_and_final_norm` gives HF's."""
+    raw, outs = raw_stage_outputs(model, x)
+    return [*raw, outs[3].flatten(2).transpose(1, 2)]
+
+
+@pytest.mark.parity
 @pytest.mark.parametrize('name', list(HF_SEEDS))
 def test_public_hf_checkpoint_configs_load_with_stage_parity(tmp_path, name):
     from transformers import Swinv2ForImageClassification
@@ -273,19 +294,16 @@ def test_public_hf_checkpoint_configs_load_with_stage_parity(tmp_path, name):
                        window_size=settings['window_size'],
                        pretrained_window_sizes=settings['pretrained_window_sizes'])
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    raw, outs = raw_stage_outputs(model, x)
-    for i, (ours, theirs) in enumerate(zip(raw, hf_stage_outputs(hf, x))):
-        assert max_abs_diff(ours, theirs) <= TOL, f'{name}: stage {i}'
-    with torch.no_grad():
-        final = hf.swinv2(x).last_hidden_state
-    assert max_abs_diff(outs[3].flatten(2).transpose(1, 2), final) <= TOL
+    theirs, hf_error = float64_reference(hf, x, hf_stages_and_final_norm)
+    assert_matches_reference(stages_and_final_tokens, model, x, theirs, hf_error, f'HF {name}')
 
 
 @pytest.fixture(scope='module')
 def timm_cr():
-    return torch.load(os.path.join(FIXTURES, 'timm_swinv2_cr.pt'), weights_only=True)
+    return load_fixture('timm_swinv2_cr.pt')
 
 
+@pytest.mark.parity
 def test_timm_cr_checkpoint_runs_with_cr_options_and_matches_timm(tmp_path, timm_cr):
     from mmswinv2.models.swin_transformer_v2 import TIMM_CR_SETTINGS
     path = tmp_path / 'swinv2_cr_tiny_ns_224.pth'
@@ -294,9 +312,8 @@ def test_timm_cr_checkpoint_runs_with_cr_options_and_matches_timm(tmp_path, timm
     assert timm_cr['meta']['window_size'] == (7, 7)
     model = pretrained(path, arch=SMALL, window_size=7, stage_end_norms=(0, 1, 2, 3),
                        **TIMM_CR_SETTINGS)
-    raw, _ = raw_stage_outputs(model, timm_cr['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, timm_cr['stages'])):
-        assert max_abs_diff(ours, theirs) <= TOL, f'stage {i}'
+    assert_matches_reference(lambda m, x: raw_stage_outputs(m, x)[0], model, timm_cr['input'],
+                             timm_cr['stages'], timm_cr['reference_fp32_error'], 'timm_swinv2_cr')
 
 
 def test_timm_cr_checkpoint_into_official_backbone_names_the_options(tmp_path, timm_cr):
@@ -330,6 +347,7 @@ def test_allow_list_survives_nested_use(tmp_path):
         torch.load(path, weights_only=True)  # and nothing stays allowed afterwards
 
 
+@pytest.mark.parity
 def test_simmim_checkpoint_loads_its_encoder(tmp_path, official_ref):
     """A SimMIM pre-training checkpoint: the official SwinV2 under ``encoder.`` (plus
     ``encoder.mask_token``) next to the reconstruction ``decoder.``, in ``model``

@@ -7,8 +7,8 @@ import torch
 
 from mmswinv2 import SwinTransformerV2
 
-from helpers import max_abs_diff, raw_stage_outputs
-from test_checkpoints import FIXTURES, SMALL, official_checkpoint
+from parity import load_fixture
+from test_checkpoints import SMALL, assert_matches_official, official_checkpoint
 
 _spec = importlib.util.spec_from_file_location(
     'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools',
@@ -19,9 +19,10 @@ _spec.loader.exec_module(convert_checkpoint)
 
 @pytest.fixture(scope='module')
 def official():
-    return torch.load(os.path.join(FIXTURES, 'official_swinv2.pt'), weights_only=True)
+    return load_fixture('official_swinv2.pt')
 
 
+@pytest.mark.parity
 def test_official_checkpoint_converts_with_arch_and_windows(tmp_path, official, capsys):
     src, dst = tmp_path / 'swinv2_official.pth', tmp_path / 'out' / 'converted.pth'
     torch.save(official_checkpoint(official, 'w16_256_pw12'), src)
@@ -35,14 +36,11 @@ def test_official_checkpoint_converts_with_arch_and_windows(tmp_path, official, 
     assert written['meta']['source_format'] == 'official'
     assert written['meta']['arch']['depths'] == [2, 2, 2, 2]
     assert written['meta']['pretrained_window_sizes'] == [12, 12, 12, 6]
-    case = official['cases']['w16_256_pw12']
     model = SwinTransformerV2(arch=SMALL, window_size=16, pretrained_window_sizes=(12, 12, 12, 6),
                               drop_path_rate=0.,
                               init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     model.init_weights()
-    raw, _ = raw_stage_outputs(model.eval(), case['input'].float())
-    for i, (ours, theirs) in enumerate(zip(raw, case['stages'])):
-        assert max_abs_diff(ours, theirs) <= 1e-4, f'stage {i}'
+    assert_matches_official(model.eval(), official, 'w16_256_pw12', 'official_swinv2 w16_256_pw12 converted')
 
 
 def test_forced_format_and_unreadable_sources_write_nothing(tmp_path, official, capsys):

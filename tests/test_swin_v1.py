@@ -1,42 +1,52 @@
 """Swin V1 checkpoints convert into mmdet's / mmseg's own SwinTransformer layout.
 
-References: the official code and timm (committed fixture, see
-fixtures/make_official_fixtures.py) and HF transformers (in-process). A randomised model with the public
+References, in float64: the official code and timm (committed fixture, see
+fixtures/make_official_fixtures.py) and HF transformers (in-process); mmdet's model is run in
+float64 and in float32 (the rule and bounds: ``parity.py``). A randomised model with the public
 ``microsoft/swin-tiny-patch4-window7-224`` settings (depths reduced) is saved as an HF folder,
 converted with tools/convert_checkpoint.py, loaded by mmdet's ``SwinTransformer`` through its
 own ``init_cfg`` (``convert_weights=False``) and compared stage by stage at 448x448, where every
 stage map is larger than the window (mmdet always shifts; HF clips like the official code when
 a map is no larger than the window).
 """
-import os
 
 import pytest
 import torch
 from mmengine.config import ConfigDict
 from transformers import SwinConfig, SwinForImageClassification
 
-from helpers import capture_outputs, max_abs_diff, randomize_
-from test_checkpoints import FIXTURES, official_state_dict, timm_conversion
+from helpers import capture_outputs, float64_reference, randomize_
+from parity import assert_matches_reference, load_fixture
+from test_checkpoints import official_state_dict, timm_conversion
 from test_convert_checkpoint import convert_checkpoint
+
+pytestmark = pytest.mark.parity
 
 TINY_V1 = dict(embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7)
 
 
-def hf_stage_outputs(hf_swin, x):
-    """HF's per-stage hidden states before patch merging (NCHW), via the encoder's own option."""
+def hf_stages_and_final_norm(hf_swin, x):
+    """HF's per-stage hidden states before patch merging (NCHW), via the encoder's own option,
+    then the final layernorm's output (N, L, C)."""
     with torch.no_grad():
         embeddings, dims = hf_swin.embeddings(x)
         encoded = hf_swin.encoder(embeddings, dims, output_hidden_states=True,
                                   output_hidden_states_before_downsampling=True)
-    return encoded.reshaped_hidden_states[1:]  # [0] is the patch embedding
+        final = hf_swin(x).last_hidden_state
+    return [*encoded.reshaped_hidden_states[1:], final]  # [0] is the patch embedding
 
 
-def mmdet_stage_outputs(backbone, x):
-    """mmdet's per-stage outputs before patch merging (NCHW), and its normalised outputs."""
+def mmdet_stages_and_final_norm(backbone, x):
+    """mmdet's per-stage outputs before patch merging, then its last normalised output (NCHW)."""
     def before_merge(output):  # SwinBlockSequence -> (x_down, hw_down, x, hw)
         hidden, (h, w) = output[2], output[3]
         return hidden.view(hidden.shape[0], h, w, -1).permute(0, 3, 1, 2)
-    return capture_outputs(backbone.stages, lambda: backbone(x), before_merge)
+    stages, outs = capture_outputs(backbone.stages, lambda: backbone(x), before_merge)
+    return [*stages, outs[-1]]
+
+
+def nchw_to_tokens(outputs):
+    return [*outputs[:-1], outputs[-1].flatten(2).transpose(1, 2)]
 
 
 @pytest.fixture(scope='module')
@@ -57,13 +67,9 @@ def test_hf_swin_v1_converts_into_mmdet_swin_with_stage_parity(hf_v1, tmp_path, 
     mmdet_swin = mmdet_swin_from(dst, 96, TINY_V1['depths'], TINY_V1['num_heads'])
 
     x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
-    theirs = hf_stage_outputs(hf.swin, x)
-    ours, final = mmdet_stage_outputs(mmdet_swin, x)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert max_abs_diff(a, b) <= 1e-4, f'stage {i}'
-    with torch.no_grad():
-        hf_final = hf.swin(x).last_hidden_state  # after the final layernorm
-    assert max_abs_diff(final[3].flatten(2).transpose(1, 2), hf_final) <= 1e-4
+    theirs, hf_error = float64_reference(hf.swin, x, hf_stages_and_final_norm)
+    assert_matches_reference(lambda m, x: nchw_to_tokens(mmdet_stages_and_final_norm(m, x)),
+                             mmdet_swin, x, theirs, hf_error, 'HF Swin V1 in mmdet')
 
 
 def test_swin_v1_checkpoint_given_to_the_v2_backbone_says_what_to_do(hf_v1):
@@ -89,7 +95,7 @@ def mmdet_swin_from(path, embed_dims, depths, num_heads):
 
 @pytest.mark.parametrize('source', ['official', 'timm'])
 def test_official_and_timm_swin_v1_convert_into_mmdet_swin(tmp_path, source, capsys):
-    ref = torch.load(os.path.join(FIXTURES, 'official_swin_v1.pt'), weights_only=True)
+    ref = load_fixture('official_swin_v1.pt')
     official = official_state_dict(ref['weights'], ref['buffers'])
     checkpoint = ({'model': official} if source == 'official'
                   else timm_conversion(official, ref['timm_keys']))
@@ -99,7 +105,6 @@ def test_official_and_timm_swin_v1_convert_into_mmdet_swin(tmp_path, source, cap
     assert f'format:      swin_v1_{source}' in capsys.readouterr().out
     arch = ref['meta']['arch']
     backbone = mmdet_swin_from(dst, arch['embed_dim'], arch['depths'], arch['num_heads'])
-    ours, final = mmdet_stage_outputs(backbone, ref['input'].float())
-    for i, (a, b) in enumerate(zip(ours, ref['stages'])):
-        assert max_abs_diff(a, b) <= 1e-4, f'stage {i}'
-    assert max_abs_diff(final[3], ref['final_norm']) <= 1e-4
+    assert_matches_reference(mmdet_stages_and_final_norm, backbone, ref['input'],
+                             [*ref['stages'], ref['final_norm']], ref['reference_fp32_error'],
+                             f'official_swin_v1 via {source}')
