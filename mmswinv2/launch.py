@@ -41,6 +41,17 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
+def build_model(cfg: Config, codebase: str):
+    """``cfg.model`` built in its codebase's registry (no weights are loaded)."""
+    import importlib
+
+    from mmengine.registry import DefaultScope, init_default_scope
+    init_default_scope(codebase)
+    registry = importlib.import_module(f'{codebase}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(codebase):
+        return registry.build(cfg.model)
+
+
 def run(step: Callable[[], T]) -> T:
     """``runner.train`` / ``runner.test`` with MMEngine's own checkpoints loadable, then the
     process group (if any) destroyed: left to interpreter exit, gloo's threads can abort a

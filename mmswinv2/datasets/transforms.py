@@ -11,7 +11,9 @@ class CheckSegAnnotation(BaseTransform):
 
     Without it a label map of another size than its image is silently stretched by the train
     resize and fails inside the IoU metric at test time, and a label above the class count
-    fails inside the loss; neither error names a file.
+    fails inside the loss; neither error names a file. Without a label map (inference: the
+    mmseg inferencers drop ``LoadAnnotations``) there is nothing to check and it passes the
+    results on unchanged.
 
     Args:
         num_classes: classes of the model; valid labels are ``0..num_classes-1`` (after
@@ -24,7 +26,9 @@ class CheckSegAnnotation(BaseTransform):
         self.ignore_index = ignore_index
 
     def transform(self, results: dict) -> dict:
-        labels = results['gt_seg_map']
+        labels = results.get('gt_seg_map')
+        if labels is None:
+            return results
         seg_path, img_path = results.get('seg_map_path'), results.get('img_path')
         image_hw = tuple(results['ori_shape'][:2])
         if labels.shape[:2] != image_hw:
