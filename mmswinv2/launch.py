@@ -4,6 +4,7 @@ environment fixes this stack needs. Detection and segmentation are told apart by
 import argparse
 import os
 import os.path as osp
+import re
 from typing import Callable, Optional, TypeVar
 
 import torch
@@ -78,8 +79,9 @@ def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
-    codebase_of(cfg, path)
+    codebase = codebase_of(cfg, path)
     check_backbone_channels(cfg, path)
+    check_num_classes(cfg, codebase, path)
     return cfg
 
 
@@ -126,6 +128,69 @@ def check_backbone_channels(cfg: Config, path: str = 'config') -> None:
             raise ValueError(f'{path}: {name}.in_channels {expected} do not match {described}'
                              + (f" (in_index {head['in_index']} selects {got})"
                                 if 'in_index' in head else ''))
+
+
+#: Heads whose ``num_classes`` must equal the dataset's class count.
+_CLASS_HEADS = re.compile(r'(bbox_head|mask_head|decode_head|auxiliary_head)(\.\d+)?$')
+
+
+def check_num_classes(cfg: Config, codebase: str, path: str = 'config') -> None:
+    """Fail before building when a dataset's classes and the heads' ``num_classes`` differ.
+
+    The most common mistake with a new dataset: MMDetection trains with 80-class heads on a
+    3-class dataset, then fails at its first evaluation with an ``IndexError`` inside
+    ``CocoMetric``, naming neither number.
+    """
+    heads = [(key, value) for key, value in _num_classes_keys(cfg.model, 'model')]
+    if not heads:
+        return
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        found = _dataset_classes(cfg.get(loader), codebase, f'{loader}.dataset')
+        if found is None:
+            continue
+        where, classes = found
+        wrong = [(key, value) for key, value in heads if value != len(classes)]
+        if wrong:
+            listed = ', '.join(f'{key} = {value}' for key, value in wrong)
+            fix = ' '.join(f'{key}={len(classes)}' for key, _ in wrong)
+            raise ValueError(
+                f'{path}: the dataset has {len(classes)} classes ({where}) but {listed}. '
+                f'Set every head to the dataset\'s class count, e.g. --cfg-options {fix}')
+
+
+def _num_classes_keys(node, key):
+    if isinstance(node, dict):
+        if 'num_classes' in node and _CLASS_HEADS.search(key):
+            yield f'{key}.num_classes', node['num_classes']
+        for name, value in node.items():
+            yield from _num_classes_keys(value, f'{key}.{name}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _num_classes_keys(value, f'{key}.{i}')
+
+
+def _dataset_classes(loader, codebase: str, where: str):
+    """``(where the classes are set, classes)`` of a dataloader's dataset (wrappers such as
+    RepeatDataset unwrapped): its ``metainfo.classes``, else its dataset type's own classes;
+    None when neither is known."""
+    if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+        return None
+    dataset = loader['dataset']
+    while isinstance(dataset.get('dataset'), dict):
+        dataset, where = dataset['dataset'], f'{where}.dataset'
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is not None:
+        return f'{where}.metainfo.classes', list(classes)
+    import importlib
+    registry = importlib.import_module(f'{codebase}.registry').DATASETS
+    try:
+        dataset_type = registry.get(dataset.get('type', ''))
+    except Exception:  # noqa: BLE001 - an unknown type is reported when the dataset is built
+        dataset_type = None
+    classes = getattr(dataset_type, 'METAINFO', {}).get('classes') if dataset_type else None
+    if classes is None:
+        return None
+    return f"{where}: {dataset['type']}'s own classes", list(classes)
 
 
 def _as_list(value):

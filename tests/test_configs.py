@@ -102,3 +102,32 @@ def test_backbone_neck_channel_mismatch_fails_before_building(tmp_path, path, ov
     with pytest.raises(ValueError) as err:
         load_config(os.path.join(ROOT, 'configs', path), override, str(tmp_path), 'none')
     assert message in str(err.value)
+
+
+def test_dataset_classes_differing_from_the_heads_fail_before_building(tmp_path):
+    """A 3-class dataset with the 80-class cascade config: MMDetection would train, then fail
+    at its first evaluation with an IndexError inside CocoMetric."""
+    from mmswinv2.launch import load_config
+    path = os.path.join(ROOT, 'configs', 'det', 'cascade_swinv2_tiny_coco.py')
+    three = {f'{loader}.dataset.metainfo': dict(classes=('cat', 'dog', 'bird'))
+             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
+    with pytest.raises(ValueError) as err:
+        load_config(path, three, str(tmp_path), 'none')
+    message = str(err.value)
+    assert ('the dataset has 3 classes (train_dataloader.dataset.metainfo.classes) but '
+            'model.roi_head.bbox_head.0.num_classes = 80') in message
+    assert 'model.roi_head.mask_head.num_classes = 80' in message
+    assert '--cfg-options model.roi_head.bbox_head.0.num_classes=3' in message
+    heads = {f'model.roi_head.bbox_head.{i}.num_classes': 3 for i in range(3)}
+    load_config(path, {**three, **heads, 'model.roi_head.mask_head.num_classes': 3},
+                str(tmp_path), 'none')
+
+
+def test_segmentation_dataset_type_classes_are_checked_too(tmp_path):
+    """Without metainfo the dataset type's own classes count (ADE20K: 150)."""
+    from mmswinv2.launch import load_config
+    path = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
+    with pytest.raises(ValueError, match=r'the dataset has 150 classes \(train_dataloader'
+                                         r'\.dataset: ADE20KDataset\'s own classes\) but '
+                                         r'model\.decode_head\.num_classes = 19'):
+        load_config(path, {'model.decode_head.num_classes': 19}, str(tmp_path), 'none')

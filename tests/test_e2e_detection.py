@@ -125,3 +125,26 @@ def test_dist_train_sh_runs_two_cpu_processes_under_torchrun(setup):
     losses = logged_losses(log)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert torch.load(root / 'dist' / 'epoch_2.pth', weights_only=False)['meta']['iter'] == 2
+
+
+def test_no_detection_at_all_prints_zero_tables_and_names_the_threshold(setup):
+    """An (untrained) detector whose every score falls below the threshold: MMDetection's
+    CocoMetric alone logs "The testing results of the whole dataset is empty" and no metrics."""
+    from mmengine.config import Config
+
+    from mmswinv2.launch import build_model
+    root, config = setup
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict({option.split('=')[0]: 4 for option in NUM_CLASSES})
+    cfg.model.backbone.init_cfg = None
+    checkpoint = root / 'untrained.pth'
+    torch.save(dict(state_dict=build_model(cfg, 'mmdet').state_dict()), checkpoint)
+    out = run_tool(['tools/test.py', str(config), str(checkpoint), '--work-dir',
+                    str(root / 'empty'), '--cfg-options', *NUM_CLASSES,
+                    'model.test_cfg.rcnn.score_thr=1.0'])
+    for iou_type in ('bbox', 'segm'):
+        assert f'Evaluate annotation type *{iou_type}*: no predictions' in out
+    assert out.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | '
+                     'maxDets=100 ] = 0.000') == 2
+    assert 'every score was below model.test_cfg.rcnn.score_thr = 1.0' in out
+    assert re.search(r'coco/bbox_mAP: 0\.0+ ', out) and re.search(r'coco/segm_mAP_50: 0\.0+', out)

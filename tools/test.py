@@ -6,13 +6,16 @@
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [same options]
 
 Prints the config's metrics: bbox / segm AP (COCO, pycocotools) for detection, mIoU for
-segmentation. ``--out``: detection results as a ``.pkl`` (MMDetection), or a folder of predicted
-label maps (MMSegmentation). ``--show-dir``: pictures of the predictions. ``--tta``: the config's
-test-time augmentation (detection falls back to horizontal-flip TTA, as MMDetection does).
+segmentation. A detector that keeps no detection at all gets the COCO tables with zeros and the
+score threshold it fell below (MMDetection alone prints no metrics then). ``--out``: detection
+results as a ``.pkl`` (MMDetection), or a folder of predicted label maps (MMSegmentation).
+``--show-dir``: pictures of the predictions. ``--tta``: the config's test-time augmentation
+(detection falls back to horizontal-flip TTA, as MMDetection does).
 CHECKPOINT is read with ``weights_only=True`` and mmswinv2's allow-list of MMEngine's log objects.
 """
 import argparse
 import copy
+import logging
 import os
 import sys
 
@@ -101,6 +104,75 @@ def _enable_tta(cfg, codebase, path):
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
+#: pycocotools' summary lines (COCOeval.summarize) for bbox and segm.
+COCO_SUMMARY = [
+    ('Precision', '(AP)', '0.50:0.95', 'all', 100), ('Precision', '(AP)', '0.50', 'all', 100),
+    ('Precision', '(AP)', '0.75', 'all', 100), ('Precision', '(AP)', '0.50:0.95', 'small', 100),
+    ('Precision', '(AP)', '0.50:0.95', 'medium', 100),
+    ('Precision', '(AP)', '0.50:0.95', 'large', 100), ('Recall', '(AR)', '0.50:0.95', 'all', 1),
+    ('Recall', '(AR)', '0.50:0.95', 'all', 10), ('Recall', '(AR)', '0.50:0.95', 'all', 100),
+    ('Recall', '(AR)', '0.50:0.95', 'small', 100), ('Recall', '(AR)', '0.50:0.95', 'medium', 100),
+    ('Recall', '(AR)', '0.50:0.95', 'large', 100)]
+#: The keys CocoMetric returns per metric type, after its prefix.
+COCO_KEYS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
+
+
+def score_threshold(cfg):
+    """``(config key, value)`` of the detector's test score threshold, or None."""
+    model = cfg.model
+    while 'module' in model:  # TTA wrapper
+        model = model.module
+    test_cfg = model.get('test_cfg') or {}
+    if isinstance(test_cfg.get('rcnn'), dict) and 'score_thr' in test_cfg.rcnn:
+        return 'model.test_cfg.rcnn.score_thr', test_cfg.rcnn.score_thr
+    if 'score_thr' in test_cfg:
+        return 'model.test_cfg.score_thr', test_cfg.score_thr
+    return None
+
+
+def coco_metrics_without_results(cfg, metrics: dict):
+    """``[(prefix, iou type)]`` of the COCO metrics that returned nothing: MMDetection's
+    CocoMetric logs "The testing results of the whole dataset is empty" and returns no
+    numbers when the model kept no detection at all."""
+    evaluators = cfg.test_evaluator
+    missing = []
+    for evaluator in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+        if not str(evaluator.get('type', '')).endswith('CocoMetric'):
+            continue
+        prefix = evaluator.get('prefix') or 'coco'
+        types = evaluator.get('metric', 'bbox')
+        for iou_type in [types] if isinstance(types, str) else types:
+            if iou_type in ('bbox', 'segm') and f'{prefix}/{iou_type}_mAP' not in metrics:
+                missing.append((prefix, iou_type))
+    return missing
+
+
+def report_empty_detections(cfg, metrics: dict) -> dict:
+    """When the detector kept no detection, print the COCO tables with zeros and the
+    threshold to look at, and return the metrics with those zeros filled in."""
+    missing = coco_metrics_without_results(cfg, metrics)
+    if not missing:
+        return metrics
+    metrics = dict(metrics)
+    for prefix, iou_type in missing:
+        lines = [f'Evaluate annotation type *{iou_type}*: no predictions, every value is 0']
+        for kind, short, iou, area, dets in COCO_SUMMARY:
+            lines.append(f' {"Average " + kind:<18} {short} @[ IoU={iou:<9} | area={area:>6s} '
+                         f'| maxDets={dets:>3d} ] = 0.000')  # COCOeval.summarize's format
+        print_log('\n'.join(lines), logger='current')
+        metrics.update({f'{prefix}/{iou_type}_{key}': 0.0 for key in COCO_KEYS})
+    threshold = score_threshold(cfg)
+    where = (f'{threshold[0]} = {threshold[1]}' if threshold else
+             "the detector's test score threshold")
+    print_log(f'The detector kept no detection on the whole test set: every score was below '
+              f'{where}. An undertrained model scores low: try --cfg-options '
+              f'{threshold[0] if threshold else "model.test_cfg...score_thr"}=0.0 to see what '
+              f'it predicts.', logger='current', level=logging.WARNING)
+    print_log('  '.join(f'{key}: {value:.4f}' for key, value in metrics.items()
+                        if isinstance(value, float)), logger='current')
+    return metrics
+
+
 def main(argv=None):
     args = parse_args(argv)
     add_repo_to_path()
@@ -109,7 +181,10 @@ def main(argv=None):
     if args.out is not None and codebase == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return run(runner.test)
+    metrics = run(runner.test)
+    if codebase == 'mmdet':
+        metrics = report_empty_detections(cfg, metrics)
+    return metrics
 
 
 if __name__ == '__main__':
