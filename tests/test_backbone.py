@@ -149,7 +149,7 @@ def test_norm_eval_keeps_norms_in_eval_mode():
     (dict(out_indices=(0, 4)), 'out_indices [0, 4]: 4 is not a stage index; allowed are 0..3'),
     (dict(out_indices=(2, 1)), 'must be increasing'),
     (dict(frozen_stages=5), 'frozen_stages: 5 is out of range; allowed in [-1, 4]'),
-    (dict(drop_path_rate=1.5), 'drop_path_rate must be in [0, 1), got 1.5'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate must be a number in [0, 1), got 1.5'),
     (dict(arch=dict(embed_dims=10, depths=[2] * 4, num_heads=[3] * 4)), 'not divisible'),
 ])
 def test_bad_arguments_raise_value_error_naming_the_problem(kwargs, message):

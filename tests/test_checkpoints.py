@@ -206,6 +206,18 @@ def test_architecture_mismatch_names_it_and_loads_nothing(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_output_norm_with_weight_but_no_bias_is_refused(tmp_path):
+    """A norm the source model lacked is set to the identity only when all its keys are
+    missing; a half-present one is a damaged file, not a reason to drop the half it has."""
+    path = tmp_path / 'half_norm.pth'
+    state_dict = SwinTransformerV2(arch=SMALL).state_dict()
+    del state_dict['norm0.bias']
+    torch.save(state_dict, path)
+    model = SwinTransformerV2(arch=SMALL, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=r"missing keys \['norm0.bias'\]"):
+        model.init_weights()
+
+
 def test_unknown_layout_lists_keys_and_known_formats(tmp_path):
     path = tmp_path / 'resnet.pth'
     torch.save({'conv1.weight': torch.zeros(1), 'fc.weight': torch.zeros(1)}, path)

@@ -118,11 +118,10 @@ def _read_json(path):
 
 
 def _load_safetensors(path):
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:
         return load_file(path, device='cpu')
-    except (SafetensorError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, or any parse failure
         raise CheckpointError(f'{path}: not a readable safetensors file (truncated or '
                               f'corrupted?): {err}') from None
 
@@ -139,9 +138,11 @@ def _load_torch(path):
             f'of tensors, containers and MMEngine logs, which could run code when loaded.{detail} '
             f'If you trust the file, re-save just its weights (torch.save(state_dict)) in a '
             f'trusted environment.') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged file can fail anywhere in the parser
+        # (zip, pickle opcodes, storages: RuntimeError, EOFError, BadZipFile, KeyError, ...)
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or '
-                              f'corrupted?): {str(err).splitlines()[0]}') from None
+                              f'corrupted?): {first_line}') from None
 
 
 def _unsafe_globals(path):

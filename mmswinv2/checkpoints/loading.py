@@ -17,7 +17,11 @@ def read_backbone_weights(path: str, layout: str = 'auto'):
 def backbone_weights(ckpt: Checkpoint, layout: str = 'auto'):
     """Convert a read checkpoint: ``(checkpoint, layout, canonical state dict, arch)``."""
     found = resolve_layout(ckpt.state_dict, layout, ckpt.path)
-    state_dict = found.convert(ckpt.state_dict)
+    try:
+        state_dict = found.convert(ckpt.state_dict)
+    except (RuntimeError, IndexError, KeyError, ValueError) as err:  # a reorder on a bad shape
+        raise CheckpointError(f'{ckpt.path}: read as {found.name} but its tensors cannot be '
+                              f'converted: {err}') from None
     try:
         arch = infer_arch(state_dict)
     except (KeyError, IndexError) as err:
@@ -31,8 +35,8 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     """Read ``path`` in any known layout, convert it and load it into ``model``.
 
     Everything is checked before a single weight is copied: the architecture (a mismatch names
-    it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys, and
-    tensor shapes. The only model keys allowed to have no source are output norms ``norm{i}``
+    it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys,
+    tensor shapes and dtypes. The only model keys allowed to have no source are output norms ``norm{i}``
     that the source model did not have (classification checkpoints have one final norm); they
     are set to the identity (weight 1, bias 0) and reported.
     Returns a summary: ``format``, ``arch``, ``missing_norms``.
@@ -58,10 +62,18 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     own = model.state_dict()
     unexpected = sorted(set(state_dict) - set(own))
     missing = sorted(set(own) - set(state_dict))
-    missing_norms = sorted({k.split('.')[0] for k in missing if k.startswith('norm')})
-    not_norms = [k for k in missing if not k.startswith('norm')]
+    # An output norm the source model did not have lacks all its keys; one with a weight but
+    # no bias (or the reverse) is a damaged file, reported with the other missing keys.
+    missing_norms = sorted(n for n in {k.split('.')[0] for k in missing if k.startswith('norm')}
+                           if not any(k.startswith(f'{n}.') for k in state_dict))
+    not_norms = [k for k in missing if k.split('.')[0] not in missing_norms]
     wrong_shape = [f'{k}: {tuple(v.shape)} in checkpoint, {tuple(own[k].shape)} in model'
                    for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    # Any float precision converts losslessly enough (fp16/bf16 checkpoints exist); integers,
+    # booleans or complex numbers in a float weight are a damaged or foreign file.
+    wrong_dtype = [f'{k}: {v.dtype} in checkpoint, {own[k].dtype} in model'
+                   for k, v in state_dict.items() if k in own
+                   and v.is_floating_point() != own[k].is_floating_point()]
     problems = []
     if unexpected:
         problems.append(f'unexpected keys {unexpected[:6]}' + ('...' if len(unexpected) > 6 else ''))
@@ -69,6 +81,8 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
         problems.append(f'missing keys {not_norms[:6]}' + ('...' if len(not_norms) > 6 else ''))
     if wrong_shape:
         problems.append('shape mismatch ' + '; '.join(wrong_shape[:4]))
+    if wrong_dtype:
+        problems.append('dtype mismatch ' + '; '.join(wrong_dtype[:4]))
     if problems:
         raise CheckpointError(f'{ckpt.path} ({found.name} layout): ' + '; '.join(problems)
                               + '. Nothing was loaded.')

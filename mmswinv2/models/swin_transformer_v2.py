@@ -152,10 +152,18 @@ class SwinTransformerV2(BaseModule):
         _check_int('frozen_stages', frozen_stages, minimum=-1, maximum=num_stages)
         for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
                            ('drop_path_rate', drop_path_rate)):
-            if not 0. <= rate < 1.:
-                raise ValueError(f'{name} must be in [0, 1), got {rate}')
-        if mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be positive, got {mlp_ratio}')
+            if not _is_number(rate) or not 0. <= rate < 1.:
+                raise ValueError(f'{name} must be a number in [0, 1), got {rate!r}')
+        if not _is_number(mlp_ratio) or not mlp_ratio > 0:
+            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        _check_int('cpb_hidden_dims', cpb_hidden_dims, minimum=1)
+        for name, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval),
+                           ('with_cp', with_cp), ('fused_attention', fused_attention),
+                           ('learnable_k_bias', learnable_k_bias),
+                           ('cpb_output_bias', cpb_output_bias), ('cpb_bounded', cpb_bounded),
+                           ('merge_norm_first', merge_norm_first)):
+            if not isinstance(flag, bool):
+                raise ValueError(f'{name} must be True or False, got {flag!r}')
         self.in_channels = in_channels
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -288,8 +296,8 @@ def _arch_settings(arch: Union[str, dict]) -> dict:
         settings = arch
     else:
         raise ValueError(f'arch must be a name or a dict, got {type(arch).__name__}')
-    depths = tuple(settings['depths'])
-    heads = tuple(settings['num_heads'])
+    depths = _int_sequence('arch depths', settings['depths'])
+    heads = _int_sequence('arch num_heads', settings['num_heads'])
     if len(depths) != len(heads) or not depths:
         raise ValueError(f'arch depths {list(depths)} and num_heads {list(heads)} must be '
                          f'non-empty and of equal length (one per stage)')
@@ -301,7 +309,8 @@ def _arch_settings(arch: Union[str, dict]) -> dict:
 
 
 def _per_stage(name: str, value, num_stages: int, minimum: int) -> Tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    values = ((value,) * num_stages if isinstance(value, int) and not isinstance(value, bool)
+              else _int_sequence(name, value))
     if len(values) != num_stages:
         raise ValueError(f'{name} needs one value per stage ({num_stages}), got {list(values)}')
     for v in values:
@@ -310,8 +319,9 @@ def _per_stage(name: str, value, num_stages: int, minimum: int) -> Tuple[int, ..
 
 
 def _check_out_indices(out_indices, num_stages: int, name: str = 'out_indices') -> Tuple[int, ...]:
-    if isinstance(out_indices, int):
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
         out_indices = (out_indices,)
+    out_indices = _int_sequence(name, out_indices)
     normalised = []
     for i in out_indices:
         if not isinstance(i, int) or not -num_stages <= i < num_stages:
@@ -321,6 +331,17 @@ def _check_out_indices(out_indices, num_stages: int, name: str = 'out_indices') 
     if len(set(normalised)) != len(normalised) or normalised != sorted(normalised):
         raise ValueError(f'{name} {list(out_indices)} must be increasing without repeats')
     return tuple(normalised)
+
+
+def _int_sequence(name: str, value) -> Tuple:
+    """``value`` as a tuple, if it is a list or tuple (its items are checked by the caller)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'{name}: expected a list or tuple of ints, got {value!r}')
+    return tuple(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_int(name: str, value, minimum: int, maximum: Optional[int] = None) -> None:
