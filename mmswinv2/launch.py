@@ -2,6 +2,7 @@
 environment fixes this stack needs. Detection and segmentation are told apart by the config's
 ``default_scope`` (``mmdet`` / ``mmseg``), which their base runtime configs set."""
 import argparse
+import importlib
 import os
 import os.path as osp
 import re
@@ -44,10 +45,7 @@ def build_runner(cfg: Config):
 
 def build_model(cfg: Config, codebase: str):
     """``cfg.model`` built in its codebase's registry (no weights are loaded)."""
-    import importlib
-
-    from mmengine.registry import DefaultScope, init_default_scope
-    init_default_scope(codebase)
+    from mmengine.registry import DefaultScope
     registry = importlib.import_module(f'{codebase}.registry').MODELS
     with DefaultScope.overwrite_default_scope(codebase):
         return registry.build(cfg.model)
@@ -141,7 +139,7 @@ def check_num_classes(cfg: Config, codebase: str, path: str = 'config') -> None:
     3-class dataset, then fails at its first evaluation with an ``IndexError`` inside
     ``CocoMetric``, naming neither number.
     """
-    heads = [(key, value) for key, value in _num_classes_keys(cfg.model, 'model')]
+    heads = list(_num_classes_keys(cfg.model, 'model'))
     if not heads:
         return
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -181,7 +179,6 @@ def _dataset_classes(loader, codebase: str, where: str):
     classes = (dataset.get('metainfo') or {}).get('classes')
     if classes is not None:
         return f'{where}.metainfo.classes', list(classes)
-    import importlib
     registry = importlib.import_module(f'{codebase}.registry').DATASETS
     try:
         dataset_type = registry.get(dataset.get('type', ''))

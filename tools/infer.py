@@ -13,7 +13,8 @@ Detection (MMDetection) or segmentation (MMSegmentation) is told apart by the co
 - ``preds/NAME.json``: the predictions — detection: ``labels``, ``scores``, ``bboxes`` (x1, y1,
   x2, y2 in input pixels) and ``masks`` (COCO RLE) when the model predicts them, plus the class
   names; segmentation: the classes present with their pixel fractions, and the label map in
-  ``preds/NAME.png`` (one class index per pixel). For a video, one entry per frame.
+  ``preds/NAME.png`` (one class index per pixel). For a video, one entry per frame (for
+  segmentation: the classes present in it).
 
 An input that does not exist, cannot be read, or a folder without images is reported with its
 path; the other inputs are still processed, and the exit status is 1 if any input failed.
@@ -30,7 +31,9 @@ sys.path.insert(0, osp.join(osp.dirname(__file__), '..'))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
+from rich.progress import Progress  # noqa: E402
 
 from mmswinv2.checkpoints import mmengine_checkpoints_allowed  # noqa: E402
 from mmswinv2.launch import add_repo_to_path, codebase_of, load_config  # noqa: E402
@@ -162,17 +165,20 @@ def write_prediction(out_dir: str, name: str, prediction: dict) -> None:
 
 def process_images(predictor, paths: List[str], batch_size: int, out_dir: str, progress,
                    errors: List[str]) -> int:
-    readable = []
-    for path in paths:
-        try:
-            readable.append((path, read_image(path)))
-        except ValueError as err:
-            errors.append(str(err))
-            progress()
+    """Predict ``paths`` in batches (read one batch at a time); return how many succeeded."""
     done = 0
-    for batch in _batches(readable, batch_size):
-        pictures, predictions = predictor([image for _, image in batch])
-        for (path, _), picture, prediction in zip(batch, pictures, predictions):
+    for batch in _batches(paths, batch_size):
+        readable = []
+        for path in batch:
+            try:
+                readable.append((path, read_image(path)))
+            except ValueError as err:
+                errors.append(str(err))
+                progress()
+        if not readable:
+            continue
+        pictures, predictions = predictor([image for _, image in readable])
+        for (path, _), picture, prediction in zip(readable, pictures, predictions):
             name = osp.splitext(osp.basename(path))[0]
             cv2.imwrite(osp.join(out_dir, 'vis', f'{name}.jpg'), picture)
             write_prediction(out_dir, name, prediction)
@@ -203,9 +209,7 @@ def process_video(predictor, path: str, batch_size: int, out_dir: str) -> int:
                                                  cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
                     writer.write(picture)
                 for prediction in predictions:
-                    label_map = prediction.pop('label_map', None)
-                    if label_map is not None:  # per-frame maps would be a video of their own
-                        prediction['label_map'] = None
+                    prediction.pop('label_map', None)  # per frame: the classes present only
                     per_frame.append(prediction)
                 frames = []
             if not ok:
@@ -222,14 +226,12 @@ def process_video(predictor, path: str, batch_size: int, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from rich.progress import Progress
     args = parse_args(argv)
     add_repo_to_path()
     cfg = load_config(args.config, args.cfg_options, work_dir=None, launcher='none')
     codebase = codebase_of(cfg, args.config)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    import torch
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     items, errors = expand_inputs(args.inputs)
     predictor = Predictor(build_inferencer(cfg, codebase, args.checkpoint, device), codebase,

@@ -36,9 +36,9 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
 
     Everything is checked before a single weight is copied: the architecture (a mismatch names
     it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys,
-    tensor shapes and dtypes. The only model keys allowed to have no source are output norms ``norm{i}``
-    that the source model did not have (classification checkpoints have one final norm); they
-    are set to the identity (weight 1, bias 0) and reported.
+    tensor shapes and dtypes. The only model keys allowed to have no source are output norms
+    ``norm{i}`` that the source model did not have at all (classification checkpoints have one
+    final norm); they are set to the identity (weight 1, bias 0) and reported.
     Returns a summary: ``format``, ``arch``, ``missing_norms``.
     """
     ckpt, found, state_dict, arch = read_backbone_weights(path, layout)
