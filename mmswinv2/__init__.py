@@ -1,9 +1,10 @@
 """mmswinv2: Swin Transformer V2 backbones for MMDetection and MMSegmentation.
 
-Importing the package registers ``SwinTransformerV2``, ``CheckSegAnnotation`` and ``CocoDataset``
-(scope ``mmswinv2``).
+Importing the package registers ``SwinTransformerV2``, ``SwinLayerDecayOptimWrapperConstructor``,
+``CheckSegAnnotation`` and ``CocoDataset`` (scope ``mmswinv2``).
 """
 from .models import SwinTransformerV2
+from .optim import SwinLayerDecayOptimWrapperConstructor  # noqa: F401 (registers it)
 
 __version__ = '0.1.0'
 __all__ = ['SwinTransformerV2', '__version__']

@@ -6,6 +6,7 @@ imports the modules in ``locations``.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
@@ -15,3 +16,6 @@ DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmswinv2',
                     locations=['mmswinv2.datasets'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmswinv2',
                       locations=['mmswinv2.datasets'])
+OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
+                                      parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
+                                      scope='mmswinv2', locations=['mmswinv2.optim'])

@@ -131,3 +131,53 @@ def test_segmentation_dataset_type_classes_are_checked_too(tmp_path):
                                          r'\.dataset: ADE20KDataset\'s own classes\) but '
                                          r'model\.decode_head\.num_classes = 19'):
         load_config(path, {'model.decode_head.num_classes': 19}, str(tmp_path), 'none')
+
+
+def test_layer_decay_groups_follow_the_official_swin_rule():
+    """configs/seg/upernet_swinv2_tiny_w16_ade20k.py: lr 4e-5 x 0.95 ** (13 - layer), where
+    depths (2, 2, 6, 2) make 12 layers; patch embedding 0; block j of stage i
+    sum(depths[:i]) + j + 1; the merging starting stage i, sum(depths[:i]); the rest 13.
+    Weight decay 0.05, none on 1-D parameters, cpb_mlp and logit_scale."""
+    from mmengine.optim import build_optim_wrapper
+    cfg, model = build(os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_w16_ade20k.py'),
+                       'mmseg')
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {names[id(p)]: group for group in optimizer.param_groups for p in group['params']}
+    expected = {  # name: (layer, weight decay)
+        'backbone.patch_embed.proj.weight': (0, 0.05),
+        'backbone.patch_embed.norm.weight': (0, 0.0),
+        'backbone.stages.0.blocks.0.attn.qkv.weight': (1, 0.05),
+        'backbone.stages.0.blocks.1.attn.logit_scale': (2, 0.0),
+        'backbone.stages.1.downsample.reduction.weight': (2, 0.05),
+        'backbone.stages.2.downsample.norm.bias': (4, 0.0),
+        'backbone.stages.2.blocks.5.mlp.fc1.weight': (10, 0.05),
+        'backbone.stages.2.blocks.5.mlp.fc1.bias': (10, 0.0),
+        'backbone.stages.3.blocks.1.attn.cpb_mlp.0.weight': (12, 0.0),
+        'backbone.norm3.weight': (13, 0.0),
+        'decode_head.conv_seg.weight': (13, 0.05),
+        'auxiliary_head.convs.0.conv.weight': (13, 0.05),
+    }
+    for name, (layer, weight_decay) in expected.items():
+        assert groups[name]['lr'] == pytest.approx(4e-5 * 0.95 ** (13 - layer)), name
+        assert groups[name]['weight_decay'] == weight_decay, name
+    assert len(groups) == len(names)  # every parameter is in a group
+
+
+def test_layer_decay_on_swin_v1_puts_merging_with_the_stage_it_ends():
+    """mmdet's / mmseg's Swin V1 merges at the end of a stage, as the official code does."""
+    from mmswinv2.optim import swin_layer_id
+    depths = [2, 2, 6, 2]
+    assert swin_layer_id('backbone.stages.0.downsample.reduction.weight', depths, False) == 2
+    assert swin_layer_id('backbone.stages.1.downsample.reduction.weight', depths, True) == 2
+    assert swin_layer_id('backbone.stages.2.downsample.norm.weight', depths, False) == 10
+
+
+@pytest.mark.parametrize('rate', [0, 1.5, None, 'x'])
+def test_layer_decay_rate_must_be_in_0_1(rate):
+    from mmswinv2.optim import SwinLayerDecayOptimWrapperConstructor
+    with pytest.raises(ValueError, match='paramwise_cfg.layer_decay_rate must be a number in'):
+        SwinLayerDecayOptimWrapperConstructor(
+            dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4)),
+            dict(layer_decay_rate=rate))
