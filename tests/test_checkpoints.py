@@ -4,6 +4,7 @@ Reference outputs come from the real implementations, in float64: HF transformer
 the official code, timm and mmpretrain through committed fixtures (see fixtures/make_*_fixtures.py).
 Ours are compared in float64 and in float32 (the rule and bounds: ``parity.py``).
 """
+import logging
 import os
 import pickle
 
@@ -204,6 +205,70 @@ def test_architecture_mismatch_names_it_and_loads_nothing(tmp_path):
                                               r'\[2, 2, 2, 2\] in checkpoint'):
         model.init_weights()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _load_logged(path, caplog, **kwargs):
+    from mmswinv2.checkpoints import load_pretrained
+    model = SwinTransformerV2(arch=SMALL, drop_path_rate=0., **kwargs).eval()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='test_windows'):
+        load_pretrained(model, str(path), logger=logging.getLogger('test_windows'))
+    return model, caplog.text
+
+
+def test_pretraining_windows_travel_with_the_checkpoint(tmp_path, official_ref, caplog):
+    """An official checkpoint whose buffers say its position bias was trained at windows
+    (12, 12, 12, 6), loaded into a window-24 backbone that does not set pretrained windows:
+    they are adopted and logged, and the model is the one configured with them explicitly."""
+    path = tmp_path / 'swinv2_12to16.pth'
+    torch.save(official_checkpoint(official_ref, 'w16_256_pw12'), path)
+    adopted, log = _load_logged(path, caplog, window_size=24)
+    assert adopted.pretrained_window_sizes == (12, 12, 12, 6)
+    assert ('was pretrained with windows [12, 12, 12, 6]; the model runs windows '
+            '[24, 24, 24, 24]: pretrained_window_sizes=(12, 12, 12, 6)') in log
+    explicit, _ = _load_logged(path, caplog, window_size=24,
+                               pretrained_window_sizes=(12, 12, 12, 6))
+    x = torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(adopted(x), explicit(x)):
+            assert torch.equal(a, b)
+
+
+def test_configured_pretraining_windows_win_with_a_warning(tmp_path, official_ref, caplog):
+    path = tmp_path / 'swinv2_12to16.pth'
+    torch.save(official_checkpoint(official_ref, 'w16_256_pw12'), path)
+    model, log = _load_logged(path, caplog, window_size=24, pretrained_window_sizes=8)
+    assert model.pretrained_window_sizes == (8, 8, 8, 8)
+    assert ('was pretrained with windows [12, 12, 12, 6], but the config sets '
+            'pretrained_window_sizes=[8, 8, 8, 8]') in log
+    assert 'WARNING' in log
+
+
+@pytest.mark.parametrize('case, image_size, window, trained', [
+    ('hf', 256, 16, [16, 16, 16, 8]),  # stage 4 (8x8) ran with an 8x8 window
+    ('hf', 192, 12, [12, 12, 12, 6]),
+    ('official', None, None, [8, 8, 8, 8]),
+    ('timm', None, None, None),
+])
+def test_pretraining_windows_read_from_each_source(tmp_path, official_ref, caplog, case,
+                                                   image_size, window, trained):
+    if case == 'hf':
+        config = Swinv2Config(image_size=image_size, embed_dim=16, depths=[2, 2, 2, 2],
+                              num_heads=[1, 2, 4, 8], window_size=window)
+        Swinv2Model(config, add_pooling_layer=False).save_pretrained(tmp_path / 'hf')
+        path = tmp_path / 'hf'
+    elif case == 'official':
+        path = tmp_path / 'official.pth'
+        torch.save(official_checkpoint(official_ref, 'w8_256'), path)
+    else:
+        path = tmp_path / 'timm.pth'
+        torch.save(fp32(load_fixture('timm_swinv2.pt')['state_dict']), path)
+    model, log = _load_logged(path, caplog, window_size=16)
+    if trained is None:
+        assert model.pretrained_window_sizes == (0, 0, 0, 0)
+        assert 'does not record the windows it was pretrained with' in log
+    else:
+        assert list(model.pretrained_window_sizes) == trained
 
 
 def test_output_norm_with_weight_but_no_bias_is_refused(tmp_path):

@@ -197,7 +197,7 @@ WRONG_ARGUMENTS = {
     'patch_size': st.one_of(st.integers(max_value=0), NOT_INT),
     'in_channels': st.one_of(st.integers(max_value=0), NOT_INT),
     'window_size': _per_stage_wrong(1),
-    'pretrained_window_sizes': _per_stage_wrong(0),
+    'pretrained_window_sizes': _per_stage_wrong(0).filter(lambda v: v is not None),  # None: unset
     'mlp_ratio': st.one_of(st.floats(max_value=0), st.text(max_size=3), st.none(),
                            st.booleans(), st.just(float('nan')), st.just(float('inf'))),
     'qkv_bias': NOT_BOOL,

@@ -30,17 +30,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmswinv2 import __version__  # noqa: E402
 from mmswinv2.checkpoints import LAYOUTS, CheckpointError, read_checkpoint  # noqa: E402
-from mmswinv2.checkpoints.arch import (infer_swin_v1_arch, windows_from_coords_tables,  # noqa
-                                       windows_from_hf_config)
+from mmswinv2.checkpoints.arch import infer_swin_v1_arch, pretraining_windows  # noqa: E402
 from mmswinv2.checkpoints.formats import V1_LAYOUTS, detect_v1_layout  # noqa: E402
-from mmswinv2.checkpoints.loading import backbone_weights  # noqa: E402
+from mmswinv2.checkpoints.loading import backbone_weights, recorded_windows  # noqa: E402
 
 FORMATS = ['auto', *LAYOUTS, 'swin_v1']
-
-#: Where each layout keeps per-stage position buffers that reveal the window sizes.
-BUFFER_STAGE_KEYS = dict(official=r'layers\.(\d+)\.blocks\.0\.attn\.',
-                         simmim=r'layers\.(\d+)\.blocks\.0\.attn\.',
-                         mmpretrain=r'stages\.(\d+)\.blocks\.0\.attn\.w_msa\.')
 
 
 def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
@@ -53,12 +47,7 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
     if is_v1:
         return _convert_swin_v1(ckpt, dst)
     ckpt, layout, state_dict, arch = backbone_weights(ckpt, fmt)
-    windows = None
-    if ckpt.hf_config is not None:
-        windows = windows_from_hf_config(ckpt.hf_config)
-    elif layout.name in BUFFER_STAGE_KEYS:
-        windows = windows_from_coords_tables(layout.unwrap(ckpt.state_dict),
-                                             BUFFER_STAGE_KEYS[layout.name])
+    windows = recorded_windows(ckpt, layout)
     options = dict(layout.required_options)
     if arch['stage_end_norms']:
         options['stage_end_norms'] = tuple(arch['stage_end_norms'])
@@ -66,6 +55,7 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> dict:
                 backbone_options=options,
                 window_sizes=windows and windows['window_sizes'],
                 pretrained_window_sizes=windows and windows['pretrained_window_sizes'],
+                pretraining_windows=windows and pretraining_windows(windows),
                 mmswinv2_version=__version__)
     _save_atomically({'state_dict': state_dict, 'meta': meta}, dst)
     return dict(meta, dst=dst, parameters=sum(v.numel() for v in state_dict.values()),
@@ -118,9 +108,14 @@ def main(argv=None):
         return 1
     arch = summary['arch']
     dropped = summary['dropped']
-    windows = ('not recorded in the file: set window_size / pretrained_window_sizes in your '
-               'config' if summary['window_sizes'] is None else
-               f"{summary['window_sizes']}, pretrained {summary['pretrained_window_sizes']}")
+    if summary['window_sizes'] is None:
+        windows = ('not recorded in the file: set window_size / pretrained_window_sizes in '
+                   'your config')
+    elif summary.get('pretraining_windows') is None:  # Swin V1: a table per window size
+        windows = f"{summary['window_sizes']}"
+    else:
+        windows = (f"{summary['window_sizes']}, pretrained {summary['pretrained_window_sizes']} "
+                   f"(position bias trained at windows {summary['pretraining_windows']})")
     layout = {**LAYOUTS, **V1_LAYOUTS}[summary['source_format']]
     print(f"format:      {summary['source_format']} ({layout.description})")
     if 'target' in summary:

@@ -25,7 +25,7 @@ model = dict(
         type='mmswinv2.SwinTransformerV2',
         arch='tiny',
         window_size=8,
-        pretrained_window_sizes=(0, 0, 0, 0),
+        # pretrained_window_sizes not set: taken from the checkpoint where it records them
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         with_cp=False,

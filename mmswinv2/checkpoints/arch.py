@@ -51,9 +51,25 @@ def infer_swin_v1_arch(state_dict: Dict[str, torch.Tensor]) -> dict:
 
 
 def windows_from_hf_config(config: dict) -> dict:
+    """The window each stage ran with (HF clips it to a stage map no larger than the window,
+    from ``image_size``) and the configured pretrained windows."""
     stages = len(config.get('depths', [0] * 4))
-    return dict(window_sizes=[config['window_size']] * stages,
+    window = config['window_size']
+    image = config.get('image_size')
+    windows = [window] * stages
+    if image is not None:
+        side = min(image) if isinstance(image, (list, tuple)) else image
+        side //= config.get('patch_size', 4)
+        windows = [min(window, max(1, side // 2**i)) for i in range(stages)]
+    return dict(window_sizes=windows,
                 pretrained_window_sizes=list(config.get('pretrained_window_sizes', [0] * stages)))
+
+
+def pretraining_windows(windows: dict) -> List[int]:
+    """The window each stage's position bias was trained with: the checkpoint's pretrained
+    window where it had one, else the window that stage ran with (clipped stages count: 192 px
+    at window 12 gives [12, 12, 12, 6])."""
+    return [p or w for w, p in zip(windows['window_sizes'], windows['pretrained_window_sizes'])]
 
 
 def windows_from_coords_tables(state_dict: Dict[str, torch.Tensor],

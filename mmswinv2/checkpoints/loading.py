@@ -4,9 +4,15 @@ from typing import Optional
 
 import torch
 
-from .arch import describe_mismatch, infer_arch
-from .formats import resolve_layout
+from .arch import (describe_mismatch, infer_arch, pretraining_windows, windows_from_coords_tables,
+                   windows_from_hf_config)
+from .formats import Layout, resolve_layout
 from .io import Checkpoint, CheckpointError, read_checkpoint
+
+#: Where each layout keeps per-stage position buffers that reveal the window sizes.
+BUFFER_STAGE_KEYS = dict(official=r'layers\.(\d+)\.blocks\.0\.attn\.',
+                         simmim=r'layers\.(\d+)\.blocks\.0\.attn\.',
+                         mmpretrain=r'stages\.(\d+)\.blocks\.0\.attn\.w_msa\.')
 
 
 def read_backbone_weights(path: str, layout: str = 'auto'):
@@ -30,6 +36,22 @@ def backbone_weights(ckpt: Checkpoint, layout: str = 'auto'):
     return ckpt, found, state_dict, arch
 
 
+def recorded_windows(ckpt: Checkpoint, layout: Layout) -> Optional[dict]:
+    """``dict(window_sizes, pretrained_window_sizes)`` as the checkpoint records them: an HF
+    ``config.json``, the official / SimMIM / mmpretrain position buffers, or the meta written
+    by tools/convert_checkpoint.py; None when it records nothing (timm, plain state dicts)."""
+    if ckpt.hf_config is not None:
+        return windows_from_hf_config(ckpt.hf_config)
+    if layout.name in BUFFER_STAGE_KEYS:
+        return windows_from_coords_tables(layout.unwrap(ckpt.state_dict),
+                                          BUFFER_STAGE_KEYS[layout.name])
+    meta = ckpt.extra.get('meta')
+    if isinstance(meta, dict) and meta.get('window_sizes') and meta.get('pretrained_window_sizes'):
+        return dict(window_sizes=list(meta['window_sizes']),
+                    pretrained_window_sizes=list(meta['pretrained_window_sizes']))
+    return None
+
+
 def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
                     logger: Optional[logging.Logger] = None) -> dict:
     """Read ``path`` in any known layout, convert it and load it into ``model``.
@@ -39,7 +61,10 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     tensor shapes and dtypes. The only model keys allowed to have no source are output norms
     ``norm{i}`` that the source model did not have at all (classification checkpoints have one
     final norm); they are set to the identity (weight 1, bias 0) and reported.
-    Returns a summary: ``format``, ``arch``, ``missing_norms``.
+    Afterwards the windows the checkpoint was pretrained with, where it records them, become
+    the model's ``pretrained_window_sizes`` unless the config set them (see
+    :func:`_use_pretraining_windows`).
+    Returns a summary: ``format``, ``arch``, ``missing_norms``, ``pretraining_windows``.
     """
     ckpt, found, state_dict, arch = read_backbone_weights(path, layout)
     # A layout's own needs (timm cr), or those recorded by tools/convert_checkpoint.py.
@@ -93,12 +118,42 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
             norm = getattr(model, name)
             torch.nn.init.ones_(norm.weight)
             torch.nn.init.zeros_(norm.bias)
-    summary = dict(format=found.name, arch=arch, missing_norms=missing_norms)
-    (logger or logging.getLogger('mmswinv2')).info(
+    logger = logger or logging.getLogger('mmswinv2')
+    logger.info(
         f'loaded {ckpt.path} ({found.name} layout, embed_dims {arch["embed_dims"]}, depths '
         f'{arch["depths"]}); output norms without a source, set to identity: '
         f'{missing_norms or "none"}')
-    return summary
+    windows = recorded_windows(ckpt, found)
+    trained = pretraining_windows(windows) if windows else None
+    _use_pretraining_windows(model, trained, ckpt.path, logger)
+    return dict(format=found.name, arch=arch, missing_norms=missing_norms,
+                pretraining_windows=trained)
+
+
+def _use_pretraining_windows(model, trained: Optional[list], path: str,
+                             logger: logging.Logger) -> None:
+    """The position-bias coordinates must be normalised by the windows the checkpoint was
+    trained with. Not set in the config: adopt the checkpoint's. Set: it wins, with a warning
+    if it contradicts the checkpoint. Unknown: say so and how to set them."""
+    runs = list(model.window_sizes)
+    if model.pretrained_window_sizes_set:
+        configured = [p or w for p, w in zip(model.pretrained_window_sizes, runs)]
+        if trained is not None and trained != configured:
+            logger.warning(
+                f'{path} was pretrained with windows {trained}, but the config sets '
+                f'pretrained_window_sizes={list(model.pretrained_window_sizes)} (windows '
+                f'{configured}); the config wins. Remove it from the config to use the '
+                f"checkpoint's, or set pretrained_window_sizes={tuple(trained)}.")
+    elif trained is not None:
+        model.set_pretrained_window_sizes(trained)
+        logger.info(f'{path} was pretrained with windows {trained}; the model runs windows '
+                    f'{runs}: pretrained_window_sizes={tuple(trained)}')
+    else:
+        logger.info(
+            f'{path} does not record the windows it was pretrained with: the position bias '
+            f'is evaluated as if it were pretrained with the model\'s windows {runs}. If it '
+            f'was pretrained with others (8 for *_window8_256, (12, 12, 12, 6) for 22K 192 px '
+            f'checkpoints), set pretrained_window_sizes in the backbone config.')
 
 
 def _model_arch(model) -> dict:

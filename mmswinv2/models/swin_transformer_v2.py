@@ -73,8 +73,13 @@ class SwinTransformerV2(BaseModule):
         in_channels: image channels.
         window_size: attention window, one int for all stages or one per stage.
         pretrained_window_sizes: window each stage's position-bias MLP was pretrained with, one
-            per stage; 0 means "same as window_size". E.g. (12, 12, 12, 6) for the
-            ``12to16`` / ``12to24`` checkpoints.
+            per stage (an int for all); 0 means "same as window_size". E.g. (12, 12, 12, 6)
+            for the 22K 192 px checkpoints and their ``12to16`` / ``12to24`` fine-tunes.
+            None (default): not set. Loading a checkpoint through ``init_cfg`` then adopts the
+            windows it was pretrained with when it records them (official / SimMIM /
+            mmpretrain position buffers, an HF ``config.json``, tools/convert_checkpoint.py's
+            meta) and logs them; without such a checkpoint None behaves as 0. A value set here
+            always wins; a checkpoint that contradicts it gets a warning naming both.
         mlp_ratio: MLP hidden width / embed dims.
         qkv_bias: learn q and v biases.
         drop_rate: dropout after projections and MLP layers.
@@ -117,7 +122,7 @@ class SwinTransformerV2(BaseModule):
                  patch_size: int = 4,
                  in_channels: int = 3,
                  window_size: Union[int, Sequence[int]] = 8,
-                 pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0),
+                 pretrained_window_sizes: Optional[Union[int, Sequence[int]]] = None,
                  mlp_ratio: float = 4.,
                  qkv_bias: bool = True,
                  drop_rate: float = 0.,
@@ -144,8 +149,12 @@ class SwinTransformerV2(BaseModule):
         self.num_heads = settings['num_heads']
         num_stages = len(self.depths)
         self.window_sizes = _per_stage('window_size', window_size, num_stages, minimum=1)
+        #: False while ``pretrained_window_sizes`` is None: a checkpoint may then set them.
+        self.pretrained_window_sizes_set = pretrained_window_sizes is not None
         self.pretrained_window_sizes = _per_stage(
-            'pretrained_window_sizes', pretrained_window_sizes, num_stages, minimum=0)
+            'pretrained_window_sizes',
+            0 if pretrained_window_sizes is None else pretrained_window_sizes, num_stages,
+            minimum=0)
         self.out_indices = _check_out_indices(out_indices, num_stages)
         _check_int('patch_size', patch_size, minimum=1)
         _check_int('in_channels', in_channels, minimum=1)
@@ -217,6 +226,14 @@ class SwinTransformerV2(BaseModule):
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
+
+    def set_pretrained_window_sizes(self, sizes: Sequence[int]) -> None:
+        """Evaluate each stage's position bias as pretrained with ``sizes`` (one per stage)."""
+        sizes = _per_stage('pretrained_window_sizes', sizes, len(self.stages), minimum=0)
+        self.pretrained_window_sizes = sizes
+        for stage, size in zip(self.stages, sizes):
+            for block in stage.blocks:
+                block.attn.pretrained_window_size = size
 
     def init_weights(self) -> None:
         """Official SwinV2 initialisation, or the checkpoint named by ``init_cfg``.
