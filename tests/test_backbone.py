@@ -163,3 +163,23 @@ def test_bad_input_shape_raises_clear_error(shape):
     model = SwinTransformerV2(arch=SMALL)
     with pytest.raises(ValueError, match=r'expects images of shape \(N, 3, H, W\), got'):
         model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize('chunk, with_cp, fused', [(3, False, False), (5, True, False),
+                                                   (4, False, True), (1000, False, False)])
+def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_cp, fused):
+    """attn_chunk_windows: 150x190 with window 7 has 6x7 windows per image at stage 1 and 3x4
+    at stage 2 (2 images): chunks of 3, 4, 5 cut across images and mask rows; 1000 is one."""
+    def build(**kwargs):
+        return SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.,
+                                 fused_attention=fused, **kwargs)
+    whole = randomize_(build(), seed=0).train()
+    chunked = build(attn_chunk_windows=chunk, with_cp=with_cp).train()
+    chunked.load_state_dict(whole.state_dict())
+    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
+    loss_a, grads_a = _loss_and_grads(whole, x)
+    loss_b, grads_b = _loss_and_grads(chunked, x)
+    assert abs(loss_a - loss_b) <= 1e-6 * max(1.0, abs(loss_a))
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)

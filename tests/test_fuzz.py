@@ -209,6 +209,7 @@ WRONG_ARGUMENTS = {
     'norm_eval': NOT_BOOL,
     'with_cp': NOT_BOOL,
     'fused_attention': NOT_BOOL,
+    'attn_chunk_windows': st.one_of(st.integers(max_value=-1), NOT_INT),
     'learnable_k_bias': NOT_BOOL,
     'cpb_hidden_dims': st.one_of(st.integers(max_value=0), NOT_INT),
     'cpb_output_bias': NOT_BOOL,

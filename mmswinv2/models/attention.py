@@ -39,13 +39,16 @@ class WindowAttentionV2(nn.Module):
         fused: compute attention with ``F.scaled_dot_product_attention`` instead of the explicit
             official order of operations. Both are exact up to rounding; see
             ``docs/benchmarks.md`` for speed and for how far the fused kernels' rounding drifts.
+        chunk_windows: attend at most this many windows per call (the paper's "sequential
+            self-attention computation"), which bounds the transient ``(windows, heads, N, N)``
+            logits at high resolution; 0: all windows in one call. The result is the same.
     """
 
     def __init__(self, dim: int, num_heads: int, pretrained_window_size: int = 0,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
                  cpb_hidden: int = 512, fused: bool = False, learnable_k_bias: bool = False,
                  cpb_output_bias: bool = False, cpb_bounded: bool = True,
-                 cpb_coords: str = 'normalized_log2'):
+                 cpb_coords: str = 'normalized_log2', chunk_windows: int = 0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed dims {dim} are not divisible by num_heads {num_heads}')
@@ -53,6 +56,7 @@ class WindowAttentionV2(nn.Module):
         self.pretrained_window_size = pretrained_window_size
         self.attn_drop = attn_drop
         self.fused = fused
+        self.chunk_windows = chunk_windows
         if cpb_coords not in COORDS:
             raise ValueError(f'cpb_coords must be one of {COORDS}, got {cpb_coords!r}')
         self.cpb_coords = cpb_coords
@@ -82,6 +86,24 @@ class WindowAttentionV2(nn.Module):
             window: ``(wh, ww)``.
             mask: ``(nW, N, N)`` additive shifted-window mask, or None.
         """
+        position_bias = continuous_position_bias(  # (heads, N, N), shared by all windows
+            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, self.num_heads,
+            self.cpb_coords, self.cpb_bounded)
+        BnW = x.shape[0]
+        if not self.chunk_windows or BnW <= self.chunk_windows:
+            return self._attend(x, position_bias, mask)
+        outputs = []
+        for start in range(0, BnW, self.chunk_windows):
+            stop = min(start + self.chunk_windows, BnW)
+            # Window b * nW + w uses mask w: this chunk's own rows of the mask.
+            rows = None if mask is None else mask[torch.arange(start, stop,
+                                                               device=mask.device) % len(mask)]
+            outputs.append(self._attend(x[start:stop], position_bias, rows))
+        return torch.cat(outputs)
+
+    def _attend(self, x: torch.Tensor, position_bias: torch.Tensor,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention of ``x``'s windows, whose count is a multiple of ``len(mask)``."""
         BnW, N, C = x.shape
         heads = self.num_heads
         qkv_bias = None
@@ -92,9 +114,7 @@ class WindowAttentionV2(nn.Module):
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().to(q.dtype)
-        bias = continuous_position_bias(  # (heads, N, N)
-            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, heads, self.cpb_coords,
-            self.cpb_bounded)
+        bias = position_bias
         if mask is not None:
             bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
         attend = self._fused if self.fused else self._explicit

@@ -93,6 +93,10 @@ class SwinTransformerV2(BaseModule):
             SwinV2 has only LayerNorms, whose output does not depend on the mode, so this changes
             nothing numerically; it is accepted so configs written for other backbones work.
         with_cp: activation checkpointing per block while training (saves memory, costs time).
+        attn_chunk_windows: attend at most this many windows per attention call, in sequence
+            (the paper's "sequential self-attention computation"): bounds the transient
+            attention logits, ``windows x heads x N^2`` floats per block, at 1536-2048 px; the
+            result is the same. 0 (default): all windows at once. Composes with ``with_cp``.
         fused_attention: use ``F.scaled_dot_product_attention`` instead of the official explicit
             order of operations (``softmax(cos * scale + bias) @ v``). The explicit path
             reproduces timm bit for bit; the fused one differs by kernel rounding, which logit
@@ -133,6 +137,7 @@ class SwinTransformerV2(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  fused_attention: bool = False,
+                 attn_chunk_windows: int = 0,
                  learnable_k_bias: bool = False,
                  cpb_hidden_dims: int = 512,
                  cpb_output_bias: bool = False,
@@ -166,6 +171,7 @@ class SwinTransformerV2(BaseModule):
         if not _is_number(mlp_ratio) or not mlp_ratio > 0:
             raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
         _check_int('cpb_hidden_dims', cpb_hidden_dims, minimum=1)
+        _check_int('attn_chunk_windows', attn_chunk_windows, minimum=0)
         for name, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval),
                            ('with_cp', with_cp), ('fused_attention', fused_attention),
                            ('learnable_k_bias', learnable_k_bias),
@@ -189,7 +195,8 @@ class SwinTransformerV2(BaseModule):
             learnable_k_bias=learnable_k_bias, cpb_hidden_dims=cpb_hidden_dims,
             cpb_output_bias=cpb_output_bias, cpb_bounded=cpb_bounded, cpb_coords=cpb_coords,
             merge_norm_first=merge_norm_first)
-        attn_cfg = dict(fused=fused_attention, learnable_k_bias=learnable_k_bias,
+        attn_cfg = dict(fused=fused_attention, chunk_windows=attn_chunk_windows,
+                        learnable_k_bias=learnable_k_bias,
                         cpb_hidden=cpb_hidden_dims, cpb_output_bias=cpb_output_bias,
                         cpb_bounded=cpb_bounded, cpb_coords=cpb_coords)
 
