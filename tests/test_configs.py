@@ -67,19 +67,23 @@ def test_sliding_window_segmentation_by_option():
     assert tuple(result.pred_sem_seg.data.shape) == (1, 96, 128)
 
 
-@pytest.mark.parametrize('path', [p for p in DET + SEG if 'swinv2' in p], ids=os.path.basename)
-def test_swinv2_weight_decay_groups(path):
-    """SwinV2's exclusions, as mmengine's optimizer constructor builds them from the config."""
+def param_groups(path, scope):
+    """The config and, per parameter name, the optimizer param group mmengine builds for it."""
     from mmengine.optim import build_optim_wrapper
-    scope = 'mmdet' if '/det/' in path else 'mmseg'
     cfg, model = build(path, scope)
     with DefaultScope.overwrite_default_scope(scope):
         optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    decay = {}
     names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for p in group['params']:
-            decay[names[id(p)]] = group['weight_decay']
+    groups = {names[id(p)]: group for group in optimizer.param_groups for p in group['params']}
+    assert len(groups) == len(names)  # every parameter is in a group
+    return cfg, groups
+
+
+@pytest.mark.parametrize('path', [p for p in DET + SEG if 'swinv2' in p], ids=os.path.basename)
+def test_swinv2_weight_decay_groups(path):
+    """SwinV2's exclusions, as mmengine's optimizer constructor builds them from the config."""
+    cfg, groups = param_groups(path, 'mmdet' if '/det/' in path else 'mmseg')
+    decay = {name: group['weight_decay'] for name, group in groups.items()}
     base = cfg.optim_wrapper.optimizer.weight_decay
     block = 'backbone.stages.0.blocks.0.'
     assert decay[block + 'attn.qkv.weight'] == base and decay[block + 'mlp.fc1.weight'] == base
@@ -138,13 +142,8 @@ def test_layer_decay_groups_follow_the_official_swin_rule():
     depths (2, 2, 6, 2) make 12 layers; patch embedding 0; block j of stage i
     sum(depths[:i]) + j + 1; the merging starting stage i, sum(depths[:i]); the rest 13.
     Weight decay 0.05, none on 1-D parameters, cpb_mlp and logit_scale."""
-    from mmengine.optim import build_optim_wrapper
-    cfg, model = build(os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_w16_ade20k.py'),
-                       'mmseg')
-    with DefaultScope.overwrite_default_scope('mmseg'):
-        optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = {names[id(p)]: group for group in optimizer.param_groups for p in group['params']}
+    _, groups = param_groups(
+        os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_w16_ade20k.py'), 'mmseg')
     expected = {  # name: (layer, weight decay)
         'backbone.patch_embed.proj.weight': (0, 0.05),
         'backbone.patch_embed.norm.weight': (0, 0.0),
@@ -162,7 +161,6 @@ def test_layer_decay_groups_follow_the_official_swin_rule():
     for name, (layer, weight_decay) in expected.items():
         assert groups[name]['lr'] == pytest.approx(4e-5 * 0.95 ** (13 - layer)), name
         assert groups[name]['weight_decay'] == weight_decay, name
-    assert len(groups) == len(names)  # every parameter is in a group
 
 
 def test_layer_decay_on_swin_v1_puts_merging_with_the_stage_it_ends():
