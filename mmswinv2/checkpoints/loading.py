@@ -23,6 +23,14 @@ def read_backbone_weights(path: str, layout: str = 'auto'):
 def backbone_weights(ckpt: Checkpoint, layout: str = 'auto'):
     """Convert a read checkpoint: ``(checkpoint, layout, canonical state dict, arch)``."""
     found = resolve_layout(ckpt.state_dict, layout, ckpt.path)
+    # Checked before converting: fusing q, k, v into one tensor would promote an integer one.
+    dropped = found.dropped(ckpt.state_dict)
+    skipped = set(dropped['regenerable_buffers']) | set(dropped['heads'])
+    not_float = [f'{k}: {v.dtype}' for k, v in found.unwrap(ckpt.state_dict).items()
+                 if k not in skipped and not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f'{ckpt.path} ({found.name} layout): weights must be floating '
+                              f'point; dtype mismatch {not_float[:4]}. Nothing was loaded.')
     try:
         state_dict = found.convert(ckpt.state_dict)
     except (RuntimeError, IndexError, KeyError, ValueError) as err:  # a reorder on a bad shape
