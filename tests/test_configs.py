@@ -13,10 +13,9 @@ SEG = sorted(glob.glob(os.path.join(ROOT, 'configs', 'seg', '*.py')))
 
 
 def build(path, scope):
+    from mmswinv2.launch import build_model
     cfg = Config.fromfile(path)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(cfg.model)
+    model = build_model(cfg, scope)
     model.eval()
     return cfg, model
 
@@ -57,9 +56,8 @@ def test_sliding_window_segmentation_by_option():
     cfg = Config.fromfile(path)
     cfg.merge_from_dict({'model.test_cfg.mode': 'slide', 'model.test_cfg.crop_size': (64, 64),
                          'model.test_cfg.stride': (48, 48)})
-    from mmseg.registry import MODELS
-    with DefaultScope.overwrite_default_scope('mmseg'):
-        model = MODELS.build(cfg.model).eval()
+    from mmswinv2.launch import build_model
+    model = build_model(cfg, 'mmseg').eval()
     sample = SegDataSample(metainfo=dict(img_shape=(96, 128), ori_shape=(96, 128)))
     with torch.no_grad():
         [result] = model.test_step(dict(inputs=[image()], data_samples=[sample]))

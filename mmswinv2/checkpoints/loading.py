@@ -23,7 +23,8 @@ def read_backbone_weights(path: str, layout: str = 'auto'):
 def backbone_weights(ckpt: Checkpoint, layout: str = 'auto'):
     """Convert a read checkpoint: ``(checkpoint, layout, canonical state dict, arch)``."""
     found = resolve_layout(ckpt.state_dict, layout, ckpt.path)
-    # Checked before converting: fusing q, k, v into one tensor would promote an integer one.
+    # Integers, booleans or complex numbers in a weight are a damaged or foreign file (any float
+    # precision is fine). Checked before converting: fusing q, k, v would promote an integer one.
     dropped = found.dropped(ckpt.state_dict)
     skipped = set(dropped['regenerable_buffers']) | set(dropped['heads'])
     not_float = [f'{k}: {v.dtype}' for k, v in found.unwrap(ckpt.state_dict).items()
@@ -66,7 +67,7 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
 
     Everything is checked before a single weight is copied: the architecture (a mismatch names
     it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys,
-    tensor shapes and dtypes. The only model keys allowed to have no source are output norms
+    tensor shapes, and (in :func:`backbone_weights`) dtypes. The only model keys allowed to have no source are output norms
     ``norm{i}`` that the source model did not have at all (classification checkpoints have one
     final norm); they are set to the identity (weight 1, bias 0) and reported.
     Afterwards the windows the checkpoint was pretrained with, where it records them, become
@@ -102,11 +103,6 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
     not_norms = [k for k in missing if k.split('.')[0] not in missing_norms]
     wrong_shape = [f'{k}: {tuple(v.shape)} in checkpoint, {tuple(own[k].shape)} in model'
                    for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    # Any float precision converts losslessly enough (fp16/bf16 checkpoints exist); integers,
-    # booleans or complex numbers in a float weight are a damaged or foreign file.
-    wrong_dtype = [f'{k}: {v.dtype} in checkpoint, {own[k].dtype} in model'
-                   for k, v in state_dict.items() if k in own
-                   and v.is_floating_point() != own[k].is_floating_point()]
     problems = []
     if unexpected:
         problems.append(f'unexpected keys {unexpected[:6]}' + ('...' if len(unexpected) > 6 else ''))
@@ -114,8 +110,6 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
         problems.append(f'missing keys {not_norms[:6]}' + ('...' if len(not_norms) > 6 else ''))
     if wrong_shape:
         problems.append('shape mismatch ' + '; '.join(wrong_shape[:4]))
-    if wrong_dtype:
-        problems.append('dtype mismatch ' + '; '.join(wrong_dtype[:4]))
     if problems:
         raise CheckpointError(f'{ckpt.path} ({found.name} layout): ' + '; '.join(problems)
                               + '. Nothing was loaded.')
@@ -145,7 +139,8 @@ def _use_pretraining_windows(model, trained: Optional[list], path: str,
     if it contradicts the checkpoint. Unknown: say so and how to set them."""
     runs = list(model.window_sizes)
     if model.pretrained_window_sizes_set:
-        configured = [p or w for p, w in zip(model.pretrained_window_sizes, runs)]
+        configured = pretraining_windows(dict(
+            window_sizes=runs, pretrained_window_sizes=model.pretrained_window_sizes))
         if trained is not None and trained != configured:
             logger.warning(
                 f'{path} was pretrained with windows {trained}, but the config sets '
