@@ -66,6 +66,7 @@ FIXTURE_SCRIPTS = {
     'timm_swinv2.pt': 'make_timm_fixtures.py',
     'timm_swinv2_cr.pt': 'make_timm_fixtures.py',
     'official_swinv2.pt': 'make_official_fixtures.py',
+    'official_swinv2_transfer.pt': 'make_official_fixtures.py',
     'official_swin_v1.pt': 'make_official_fixtures.py',
     'mmpretrain_swinv2.pt': 'make_mmpretrain_fixtures.py',
 }

@@ -80,12 +80,12 @@ def test_swin_v1_checkpoint_given_to_the_v2_backbone_says_what_to_do(hf_v1):
         model.init_weights()
 
 
-def mmdet_swin_from(path, embed_dims, depths, num_heads):
+def mmdet_swin_from(path, embed_dims, depths, num_heads, window_size=7):
     """mmdet's own SwinTransformer loading ``path`` through its init_cfg, as a config would
     (mmdet reads ``init_cfg.checkpoint`` as an attribute, hence ConfigDict)."""
     from mmdet.models.backbones import SwinTransformer
     backbone = SwinTransformer(
-        embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_size=7,
+        embed_dims=embed_dims, depths=depths, num_heads=num_heads, window_size=window_size,
         drop_path_rate=0., convert_weights=False,
         init_cfg=ConfigDict(type='Pretrained', checkpoint=str(path)))
     backbone.init_weights()

@@ -27,7 +27,11 @@ Rename = Tuple[str, Union[str, Callable[[re.Match], str]]]
 #: (timm's zero ``k_bias`` buffer is dropped by the timm layout: in timm cr and in our
 #: ``learnable_k_bias`` models a ``k_bias`` is a weight.)
 REGENERABLE_BUFFERS = (r'attn_mask$', r'relative_position_index$', r'relative_coords_table$',
-                       r'relative_coordinates_log$')
+                       r'relative_coordinates_log$',
+                       # Our backbone's record of its pretrained windows: a trained model's own
+                       # checkpoint restores it; loaded as pretrained weights, the checkpoint's
+                       # windows are read from its records (see loading.recorded_windows).
+                       r'^pretrained_windows$')
 
 
 def _next_stage_downsample(prefix: str) -> Rename:

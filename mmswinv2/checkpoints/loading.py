@@ -94,6 +94,7 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
         raise CheckpointError(f'{ckpt.path}: architecture mismatch: ' + '; '.join(mismatch))
 
     own = model.state_dict()
+    own.pop('pretrained_windows')  # set from the checkpoint's records below, not loaded
     unexpected = sorted(set(state_dict) - set(own))
     missing = sorted(set(own) - set(state_dict))
     # An output norm the source model did not have lacks all its keys; one with a weight but
