@@ -98,8 +98,8 @@ def check_backbone_channels(cfg: Config, path: str = 'config') -> None:
     backbone = cfg.model.get('backbone', {})
     if not str(backbone.get('type', '')).endswith('SwinTransformerV2'):
         return
-    from .models.swin_transformer_v2 import _arch_settings, _check_out_indices
-    settings = _arch_settings(backbone.get('arch', 'tiny'))
+    from .models.swin_transformer_v2 import _check_out_indices, arch_settings
+    settings = arch_settings(backbone.get('arch', 'tiny'))
     stages = len(settings['depths'])
     out_indices = _check_out_indices(backbone.get('out_indices', (0, 1, 2, 3)), stages)
     produced = [settings['embed_dims'] * 2**i for i in out_indices]

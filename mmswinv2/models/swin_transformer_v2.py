@@ -96,7 +96,9 @@ class SwinTransformerV2(BaseModule):
         attn_chunk_windows: attend at most this many windows per attention call, in sequence
             (the paper's "sequential self-attention computation"): bounds the transient
             attention logits, ``windows x heads x N^2`` floats per block, at 1536-2048 px; the
-            result is the same. 0 (default): all windows at once. Composes with ``with_cp``.
+            result is the same. In training each chunk is recomputed in backward instead of
+            keeping its attention weights. 0 (default): all windows at once. Composes with
+            ``with_cp``. Memory and time: ``docs/benchmarks.md``.
         fused_attention: use ``F.scaled_dot_product_attention`` instead of the official explicit
             order of operations (``softmax(cos * scale + bias) @ v``). The explicit path
             reproduces timm bit for bit; the fused one differs by kernel rounding, which logit
@@ -148,7 +150,7 @@ class SwinTransformerV2(BaseModule):
                  stage_end_norms: Sequence[int] = (),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = _arch_settings(arch)
+        settings = arch_settings(arch)
         self.embed_dims = settings['embed_dims']
         self.depths = settings['depths']
         self.num_heads = settings['num_heads']
@@ -156,10 +158,13 @@ class SwinTransformerV2(BaseModule):
         self.window_sizes = _per_stage('window_size', window_size, num_stages, minimum=1)
         #: False while ``pretrained_window_sizes`` is None: a checkpoint may then set them.
         self.pretrained_window_sizes_set = pretrained_window_sizes is not None
-        self.pretrained_window_sizes = _per_stage(
+        pretrained = _per_stage(
             'pretrained_window_sizes',
             0 if pretrained_window_sizes is None else pretrained_window_sizes, num_stages,
             minimum=0)
+        # A buffer, so that a whole trained model's checkpoint (load_from, tools/test.py) brings
+        # back the windows that loading the pretrained checkpoint adopted when training began.
+        self.register_buffer('pretrained_windows', torch.tensor(pretrained, dtype=torch.int64))
         self.out_indices = _check_out_indices(out_indices, num_stages)
         _check_int('patch_size', patch_size, minimum=1)
         _check_int('in_channels', in_channels, minimum=1)
@@ -212,7 +217,7 @@ class SwinTransformerV2(BaseModule):
             self.stages.append(SwinStageV2(
                 dim=self.num_features[i], depth=depth, num_heads=self.num_heads[i],
                 window_size=self.window_sizes[i],
-                pretrained_window_size=self.pretrained_window_sizes[i],
+                pretrained_window_size=pretrained[i],
                 downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                 attn_drop=attn_drop_rate, drop_path=rates[first:first + depth],
                 with_cp=with_cp, extra_norms=extra_norms, merge_norm_first=merge_norm_first,
@@ -234,13 +239,34 @@ class SwinTransformerV2(BaseModule):
                 outs.append(out.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
+    @property
+    def pretrained_window_sizes(self) -> Tuple[int, ...]:
+        """The window each stage's position bias was pretrained with (0: its own window)."""
+        return tuple(self.pretrained_windows.tolist())
+
     def set_pretrained_window_sizes(self, sizes: Sequence[int]) -> None:
         """Evaluate each stage's position bias as pretrained with ``sizes`` (one per stage)."""
         sizes = _per_stage('pretrained_window_sizes', sizes, len(self.stages), minimum=0)
-        self.pretrained_window_sizes = sizes
-        for stage, size in zip(self.stages, sizes):
+        with torch.no_grad():
+            self.pretrained_windows.copy_(torch.tensor(sizes))
+        self._use_pretrained_windows()
+
+    def _use_pretrained_windows(self) -> None:
+        for stage, size in zip(self.stages, self.pretrained_window_sizes):
             for block in stage.blocks:
                 block.attn.pretrained_window_size = size
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # torch's and mmengine's loaders both call this for every module: the loaded buffer
+        # reaches the blocks whichever loaded it. Weights without it (converted checkpoints,
+        # other layouts) keep the model's own setting and load strictly all the same.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        key = prefix + 'pretrained_windows'
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+        self._use_pretrained_windows()
 
     def init_weights(self) -> None:
         """Official SwinV2 initialisation, or the checkpoint named by ``init_cfg``.
@@ -303,7 +329,8 @@ class SwinTransformerV2(BaseModule):
                 param.requires_grad = False
 
 
-def _arch_settings(arch: Union[str, dict]) -> dict:
+def arch_settings(arch: Union[str, dict]) -> dict:
+    """``embed_dims``, ``depths`` and ``num_heads`` of an ``arch`` name or dict, checked."""
     if isinstance(arch, str):
         name = ARCH_ALIASES.get(arch.lower(), arch.lower())
         if name not in ARCH_SETTINGS:
