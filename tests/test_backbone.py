@@ -183,3 +183,64 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6,
                                    msg=name)
+
+
+def official_shift_mask(padded_hw, window, shift):
+    """The official construction: label the padded map's regions, partition into windows, mask
+    pairs with different labels (microsoft/Swin-Transformer SwinTransformerBlock.__init__)."""
+    from mmswinv2.models.windows import window_partition
+    H, W = padded_hw
+    img_mask = torch.zeros(1, H, W, 1)
+    h_slices = ((slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None))
+                if shift[0] else (slice(None),))
+    w_slices = ((slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None))
+                if shift[1] else (slice(None),))
+    count = 0
+    for h in h_slices:
+        for w in w_slices:
+            img_mask[:, h, w, :] = count
+            count += 1
+    mask_windows = window_partition(img_mask, window).squeeze(-1)
+    attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
+    return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
+
+
+@pytest.mark.parametrize('padded_hw, window, shift', [
+    ((16, 16), (8, 8), (4, 4)), ((24, 40), (8, 8), (4, 4)), ((21, 35), (7, 7), (3, 3)),
+    ((32, 6), (8, 6), (4, 0)), ((6, 32), (6, 8), (0, 4)), ((48, 48), (16, 16), (8, 8)),
+])
+def test_compact_shift_mask_is_the_official_mask(padded_hw, window, shift):
+    """Three (N, N) patterns applied to the last row / column of windows give exactly the
+    official (nW, N, N) mask, and adding it in place equals adding the full mask."""
+    from mmswinv2.models.windows import ShiftMask
+    mask = ShiftMask.for_map(padded_hw, window, shift, torch.device('cpu'))
+    official = official_shift_mask(padded_hw, window, shift)
+    assert torch.equal(mask.full(), official)
+    nW, N = official.shape[:2]
+    logits = torch.randn(2 * nW, 3, N, N)
+    expected = (logits.view(2, nW, 3, N, N) + official.unsqueeze(1)).flatten(0, 1)
+    assert torch.equal(mask.add_to(logits.clone()), expected)
+    assert torch.equal(mask.windows(nW - 1, nW + 2), official[[nW - 1, 0, 1]])
+
+
+def test_pretrained_windows_travel_in_the_models_own_state_dict(tmp_path):
+    """Windows a checkpoint made the backbone adopt are part of its state dict: a trained
+    model's own checkpoint restores them (torch's and MMEngine's loaders), and weights without
+    the entry load strictly, keeping the model's setting."""
+    from mmengine.runner import load_checkpoint
+    trained = SwinTransformerV2(arch=SMALL, window_size=16)
+    trained.set_pretrained_window_sizes((12, 12, 12, 6))
+    state = trained.state_dict()
+    assert state['pretrained_windows'].tolist() == [12, 12, 12, 6]
+    for load in ('torch', 'mmengine'):
+        model = SwinTransformerV2(arch=SMALL, window_size=16)
+        if load == 'torch':
+            model.load_state_dict(state)
+        else:
+            torch.save({'state_dict': state}, tmp_path / 'trained.pth')
+            load_checkpoint(model, str(tmp_path / 'trained.pth'), map_location='cpu')
+        assert model.pretrained_window_sizes == (12, 12, 12, 6)
+        assert [b.attn.pretrained_window_size for b in model.stages[3].blocks] == [6, 6]
+    model = SwinTransformerV2(arch=SMALL, window_size=16, pretrained_window_sizes=8)
+    model.load_state_dict({k: v for k, v in state.items() if k != 'pretrained_windows'})
+    assert model.pretrained_window_sizes == (8, 8, 8, 8)

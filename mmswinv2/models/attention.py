@@ -1,12 +1,14 @@
 """Scaled cosine window attention of Swin Transformer V2."""
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .position_bias import COORDS, continuous_position_bias
+from .windows import ShiftMask
 
 Size2 = Tuple[int, int]
 
@@ -41,7 +43,9 @@ class WindowAttentionV2(nn.Module):
             ``docs/benchmarks.md`` for speed and for how far the fused kernels' rounding drifts.
         chunk_windows: attend at most this many windows per call (the paper's "sequential
             self-attention computation"), which bounds the transient ``(windows, heads, N, N)``
-            logits at high resolution; 0: all windows in one call. The result is the same.
+            logits at high resolution; 0: all windows in one call. The result is the same. In
+            training each chunk is recomputed in backward rather than keeping its attention
+            weights (more compute, memory bounded by one chunk).
     """
 
     def __init__(self, dim: int, num_heads: int, pretrained_window_size: int = 0,
@@ -78,13 +82,13 @@ class WindowAttentionV2(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, window: Size2,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[ShiftMask] = None) -> torch.Tensor:
         """Attend within windows.
 
         Args:
             x: ``(B * nW, N, C)`` tokens of ``nW`` windows of ``N = wh * ww`` tokens each.
             window: ``(wh, ww)``.
-            mask: ``(nW, N, N)`` additive shifted-window mask, or None.
+            mask: the shifted-window mask of the ``nW`` windows, or None.
         """
         position_bias = continuous_position_bias(  # (heads, N, N), shared by all windows
             self.cpb_mlp, window, (self.pretrained_window_size,) * 2, self.num_heads,
@@ -92,18 +96,25 @@ class WindowAttentionV2(nn.Module):
         BnW = x.shape[0]
         if not self.chunk_windows or BnW <= self.chunk_windows:
             return self._attend(x, position_bias, mask)
+        # Training: each chunk keeps only its inputs for backward and is recomputed there, so
+        # the attention weights of one chunk at a time exist (with with_cp, inside the block's
+        # own recomputation too).
+        recompute = self.training and torch.is_grad_enabled()
         outputs = []
         for start in range(0, BnW, self.chunk_windows):
             stop = min(start + self.chunk_windows, BnW)
-            # Window b * nW + w uses mask w: this chunk's own rows of the mask.
-            rows = None if mask is None else mask[torch.arange(start, stop,
-                                                               device=mask.device) % len(mask)]
-            outputs.append(self._attend(x[start:stop], position_bias, rows))
+            rows = None if mask is None else mask.windows(start, stop)  # this chunk's masks
+            if recompute:
+                outputs.append(checkpoint(self._attend, x[start:stop], position_bias, rows,
+                                          use_reentrant=False))
+            else:
+                outputs.append(self._attend(x[start:stop], position_bias, rows))
         return torch.cat(outputs)
 
     def _attend(self, x: torch.Tensor, position_bias: torch.Tensor,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Attention of ``x``'s windows, whose count is a multiple of ``len(mask)``."""
+                mask: Union[ShiftMask, torch.Tensor, None]) -> torch.Tensor:
+        """Attention of ``x``'s windows; ``mask``: a :class:`ShiftMask` of whole images, or one
+        ``(N, N)`` mask per window of ``x``."""
         BnW, N, C = x.shape
         heads = self.num_heads
         qkv_bias = None
@@ -114,33 +125,34 @@ class WindowAttentionV2(nn.Module):
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().to(q.dtype)
-        bias = position_bias
-        if mask is not None:
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, heads, N, N)
         attend = self._fused if self.fused else self._explicit
-        out = attend(_unit_length(q), _unit_length(k), v, scale, bias.to(q.dtype))
+        out = attend(_unit_length(q), _unit_length(k), v, scale, position_bias.to(q.dtype), mask)
         out = out.transpose(1, 2).reshape(BnW, N, C)
         return self.proj_drop(self.proj(out))
 
-    def _explicit(self, q, k, v, scale, bias):
-        """The official order of operations: ``softmax(cos * scale + bias) @ v``."""
-        attn = (q @ k.transpose(-2, -1)) * scale
-        if bias.ndim == 4:  # per-window mask folded in: (nW, heads, N, N)
-            nW = bias.shape[0]
-            attn = (attn.view(-1, nW, *attn.shape[1:]) + bias).flatten(0, 1)
-        else:
-            attn = attn + bias
+    def _explicit(self, q, k, v, scale, bias, mask):
+        """The official order of operations: ``softmax(cos * scale + bias [+ mask]) @ v``."""
+        attn = (q @ k.transpose(-2, -1)) * scale + bias
+        if isinstance(mask, ShiftMask):
+            mask.add_to(attn)  # only the last row and column of windows
+        elif mask is not None:
+            attn += mask.unsqueeze(1).to(attn.dtype)
         attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
         return attn @ v
 
-    def _fused(self, q, k, v, scale, bias):
-        """``scaled_dot_product_attention`` with the scale folded into q and the bias as mask."""
+    def _fused(self, q, k, v, scale, bias, mask):
+        """``scaled_dot_product_attention`` with the scale folded into q and bias + mask as the
+        additive mask."""
         BnW, heads, N, d = q.shape
         q = q * scale
-        if bias.ndim == 4:  # fold windows into heads so one mask serves the whole batch
-            nW = bias.shape[0]
+        if isinstance(mask, ShiftMask):
+            # fold the windows into the heads so that one (nW * heads, N, N) mask serves the batch
+            nW = mask.num_windows
             q, k, v = (t.reshape(BnW // nW, nW * heads, N, d) for t in (q, k, v))
-            bias = bias.reshape(1, nW * heads, N, N)
+            bias = (bias.unsqueeze(0) + mask.full().unsqueeze(1).to(bias.dtype)).reshape(
+                1, nW * heads, N, N)
+        elif mask is not None:
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)  # (BnW, heads, N, N)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)

@@ -6,8 +6,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
 from .attention import WindowAttentionV2
-from .windows import (pad_to_multiple, shift_window_mask, window_and_shift, window_partition,
-                      window_reverse)
+from .windows import ShiftMask, pad_to_multiple, window_and_shift, window_partition, window_reverse
 
 
 class DropPath(nn.Module):
@@ -81,7 +80,7 @@ class SwinBlockV2(nn.Module):
         mask = None
         if any(shift):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = shift_window_mask(padded_hw, window, shift, x.device)
+            mask = ShiftMask.for_map(padded_hw, window, shift, x.device)
         windows = self.attn(window_partition(x, window), window, mask)
         x = window_reverse(windows, window, padded_hw)
         if any(shift):

@@ -61,34 +61,87 @@ def window_reverse(windows: torch.Tensor, window: Size2, hw: Size2) -> torch.Ten
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
 
 
-def shift_window_mask(padded_hw: Size2, window: Size2, shift: Size2,
-                      device: torch.device) -> torch.Tensor:
-    """Additive attention mask ``(nW, N, N)`` for a cyclically shifted, padded map.
+class ShiftMask:
+    """The additive attention mask of a cyclically shifted, padded map, kept compact.
 
     After rolling by ``-shift`` a window can hold tokens from up to four regions that are not
-    neighbours in the image; pairs from different regions get :data:`SHIFT_MASK_VALUE`, all other
-    pairs 0. The regions are the official ones, built on the padded map.
+    neighbours in the image; pairs from different regions get :data:`SHIFT_MASK_VALUE`, all
+    other pairs 0 (the official regions, built on the padded map). Only windows in the last row
+    of the window grid (when shifted vertically) and in its last column (horizontally) straddle
+    regions, and all windows of the last row share one pattern, those of the last column
+    another, and the corner window has their union. So the mask is three ``(N, N)`` patterns,
+    whatever the map size, and interior windows get no mask at all.
+
+    Windows are numbered as :func:`window_partition` numbers them: ``b * nW + r * grid_w + c``.
     """
-    return _shift_window_mask(tuple(padded_hw), tuple(window), tuple(shift), str(device))
+
+    def __init__(self, grid: Size2, window: Size2, shift: Size2, device: torch.device):
+        self.grid = tuple(grid)
+        self.shift = tuple(shift)
+        #: (4, N, N): no mask, last row, last column, corner (last row and column).
+        self.patterns = _mask_patterns(tuple(window), self.shift, str(device))
+
+    @classmethod
+    def for_map(cls, padded_hw: Size2, window: Size2, shift: Size2,
+                device: torch.device) -> 'ShiftMask':
+        return cls((padded_hw[0] // window[0], padded_hw[1] // window[1]), window, shift, device)
+
+    @property
+    def num_windows(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def kinds(self) -> torch.Tensor:
+        """``(nW,)`` pattern index of each window of one image (0 for interior windows)."""
+        return _window_kinds(self.grid, self.shift, str(self.patterns.device))
+
+    def add_to(self, logits: torch.Tensor) -> torch.Tensor:
+        """Add the mask in place to ``(B * nW, heads, N, N)`` logits, touching only the windows
+        of the last row and column; returns ``logits``."""
+        gh, gw = self.grid
+        grid = logits.view(-1, gh, gw, *logits.shape[1:])
+        row, column, corner = (p.unsqueeze(0) for p in self.patterns[1:])  # (1, N, N)
+        if self.shift[0] and self.shift[1]:
+            grid[:, -1, :-1] += row
+            grid[:, :-1, -1] += column
+            grid[:, -1, -1] += corner
+        elif self.shift[0]:
+            grid[:, -1] += row
+        elif self.shift[1]:
+            grid[:, :, -1] += column
+        return logits
+
+    def windows(self, start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, N, N)`` masks of windows ``start .. stop - 1`` (of the whole batch)."""
+        index = torch.arange(start, stop, device=self.patterns.device) % self.num_windows
+        return self.patterns[self.kinds()[index]]
+
+    def full(self) -> torch.Tensor:
+        """``(nW, N, N)``: the mask of every window of one image, materialised."""
+        return self.windows(0, self.num_windows)
 
 
 @lru_cache(maxsize=64)
-def _shift_window_mask(padded_hw: Size2, window: Size2, shift: Size2,
-                       device: str) -> torch.Tensor:
-    H, W = padded_hw
-    region = torch.zeros(1, H, W, 1)
-    count = 0
-    for hs in _region_slices(window[0], shift[0]):
-        for ws in _region_slices(window[1], shift[1]):
-            region[:, hs, ws, :] = count
-            count += 1
-    ids = window_partition(region, window).squeeze(-1)  # (nW, N)
-    different = ids.unsqueeze(1) != ids.unsqueeze(2)
-    mask = torch.zeros(different.shape).masked_fill_(different, SHIFT_MASK_VALUE)
-    return mask.to(device)
+def _mask_patterns(window: Size2, shift: Size2, device: str) -> torch.Tensor:
+    wh, ww = window
+    rows = torch.arange(wh).repeat_interleave(ww)  # token -> row inside the window
+    cols = torch.arange(ww).repeat(wh)
+    # In the last window row, rows from wh - shift on came from the top of the image.
+    row_region = rows >= wh - shift[0] if shift[0] else torch.zeros_like(rows, dtype=torch.bool)
+    col_region = cols >= ww - shift[1] if shift[1] else torch.zeros_like(cols, dtype=torch.bool)
+    split_rows = row_region[:, None] != row_region[None, :]
+    split_cols = col_region[:, None] != col_region[None, :]
+    patterns = torch.zeros(4, wh * ww, wh * ww)
+    for i, different in enumerate((split_rows, split_cols, split_rows | split_cols), start=1):
+        patterns[i].masked_fill_(different, SHIFT_MASK_VALUE)
+    return patterns.to(device)
 
 
-def _region_slices(window: int, shift: int):
-    if shift == 0:
-        return (slice(None),)
-    return slice(0, -window), slice(-window, -shift), slice(-shift, None)
+@lru_cache(maxsize=64)
+def _window_kinds(grid: Size2, shift: Size2, device: str) -> torch.Tensor:
+    gh, gw = grid
+    last_row = torch.zeros(gh, gw, dtype=torch.long)
+    last_row[-1] = 1 if shift[0] else 0
+    last_column = torch.zeros(gh, gw, dtype=torch.long)
+    last_column[:, -1] = 2 if shift[1] else 0
+    # 1: last row, 2: last column, 3: both (the corner)
+    return (last_row + last_column).flatten().to(device)
