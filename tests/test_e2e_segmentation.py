@@ -54,14 +54,21 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))
     return root, config
 
 
-def test_train_then_test_and_tta(setup):
+@pytest.fixture(scope='module')
+def trained(setup):
+    """The work dir of a 4-iteration training run of the derived config."""
     root, config = setup
     work = root / 'work'
     out = run_tool(['tools/train.py', str(config), '--work-dir', str(work)])
     losses = logged_losses(out)
     assert len(losses) == 4 and all(v == v and abs(v) != float('inf') for v in losses)
     assert (work / 'iter_4.pth').exists()
+    return work
 
+
+def test_train_then_test_and_tta(setup, trained):
+    root, config = setup
+    work = trained
     out = run_tool(['tools/test.py', str(config), str(work / 'iter_4.pth'),
                     '--work-dir', str(root / 'test'), '--out', str(root / 'pred')])
     assert re.search(r'mIoU: [0-9.]+', out) and re.search(r'aAcc: [0-9.]+', out)
@@ -83,3 +90,37 @@ def test_train_under_torchrun_with_two_cpu_processes(setup):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'SyncBN layers built as BN' in out
     assert len(logged_losses(log)) == 2 and (root / 'dist' / 'iter_2.pth').exists()
+
+
+def test_window_sweep_evaluates_each_test_window(setup, trained):
+    """tools/analysis/window_sweep.py at the trained window reproduces tools/test.py's mIoU; the
+    table, JSON and plot are written, and the plot is not blank."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    root, config = setup
+    out = run_tool(['tools/test.py', str(config), str(trained / 'iter_4.pth'),
+                    '--work-dir', str(root / 'test_w8')])
+    miou = float(re.findall(r'mIoU: ([0-9.]+)', out)[-1])
+    sweep = root / 'sweep'
+    out = run_tool(['tools/analysis/window_sweep.py', str(config), str(trained / 'iter_4.pth'),
+                    '--windows', '8', '4', '16', '--work-dir', str(sweep)])
+    results = json.loads((sweep / 'window_sweep.json').read_text())
+    assert results['trained_window_sizes'] == [8, 8, 8, 8]
+    assert sorted(results['results']) == ['16', '4', '8']
+    assert abs(results['results']['8']['mIoU'] - miou) < 0.01  # printed with 2 decimals
+    table = (sweep / 'window_sweep.md').read_text()
+    assert '| window | mIoU | mAcc | aAcc |' in table and table.count('\n| ') >= 4
+    picture = np.asarray(Image.open(sweep / 'window_sweep.png').convert('L'), dtype=float)
+    assert picture.shape[0] > 100 and picture.std() > 10
+
+
+def test_window_sweep_rejects_bad_windows(setup, trained):
+    import subprocess
+    root, config = setup
+    result = subprocess.run([sys.executable, 'tools/analysis/window_sweep.py', str(config),
+                             str(trained / 'iter_4.pth'), '--windows', '0', '8'], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert '--windows: windows must be positive integers, got [0]' in result.stderr
