@@ -18,6 +18,14 @@ CODEBASES = ('mmdet', 'mmseg')
 T = TypeVar('T')
 
 
+def documented_parser(doc: str) -> argparse.ArgumentParser:
+    """A tool's parser described by its module docstring: the first paragraph as the
+    description, the rest, as written, after the options."""
+    summary, _, details = doc.partition('\n\n')
+    return argparse.ArgumentParser(description=summary, epilog=details,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     """The options both tools share: ``--cfg-options``, ``--launcher``, ``--local_rank``."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -232,5 +240,3 @@ def add_repo_to_path() -> None:
     paths = os.environ.get('PYTHONPATH', '').split(os.pathsep)
     if root not in paths:
         os.environ['PYTHONPATH'] = os.pathsep.join([root] + [p for p in paths if p])
-
-

@@ -40,7 +40,8 @@ def test_official_checkpoint_converts_with_arch_and_windows(tmp_path, official, 
                               drop_path_rate=0.,
                               init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     model.init_weights()
-    assert_matches_official(model.eval(), official, 'w16_256_pw12', 'official_swinv2 w16_256_pw12 converted')
+    assert_matches_official(model.eval(), official, 'w16_256_pw12',
+                            'official_swinv2 w16_256_pw12 converted')
 
 
 def test_forced_format_and_unreadable_sources_write_nothing(tmp_path, official, capsys):
@@ -50,7 +51,8 @@ def test_forced_format_and_unreadable_sources_write_nothing(tmp_path, official, 
     corrupt.write_bytes(src.read_bytes()[:4096])
     out = tmp_path / 'out'
     for args, message in [([str(corrupt)], 'truncated or corrupted'),
-                          ([str(src), '--format', 'hf'], "format 'hf' was requested, but no key matches"),
+                          ([str(src), '--format', 'hf'],
+                           "format 'hf' was requested, but no key matches"),
                           ([str(tmp_path / 'missing.pth')], 'no such file')]:
         dst = out / 'converted.pth'
         assert convert_checkpoint.main([args[0], str(dst), *args[1:]]) == 1

@@ -214,9 +214,9 @@ WRONG_ARGUMENTS = {
     'cpb_hidden_dims': st.one_of(st.integers(max_value=0), NOT_INT),
     'cpb_output_bias': NOT_BOOL,
     'cpb_bounded': NOT_BOOL,
-    'cpb_coords': st.one_of(st.text(max_size=8).filter(lambda c: c not in ('normalized_log2',
-                                                                            'log')),
-                            st.integers(), st.none()),
+    'cpb_coords': st.one_of(
+        st.text(max_size=8).filter(lambda c: c not in ('normalized_log2', 'log')),
+        st.integers(), st.none()),
     'merge_norm_first': NOT_BOOL,
     'extra_norm_every_n_blocks': st.one_of(st.integers(max_value=-1), NOT_INT),
     'stage_end_norms': _indices_wrong(),

@@ -1,4 +1,4 @@
-"""tools/analysis/plot_position_bias.py: the heat maps of a real checkpoint layout, and bad input."""
+"""tools/analysis/plot_position_bias.py: heat maps of a real checkpoint layout, and bad input."""
 import importlib.util
 import os
 

@@ -20,7 +20,6 @@ init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 
 Nothing is written unless the conversion succeeds.
 """
-import argparse
 import os
 import sys
 
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmswinv2.checkpoints import CheckpointError  # noqa: E402
 from mmswinv2.checkpoints.conversion import (FORMATS, Converted, convert_file,  # noqa: E402
                                              describe, save_atomically)
+from mmswinv2.launch import documented_parser  # noqa: E402
 
 
 def convert(src: str, dst: str, fmt: str = 'auto') -> Converted:
@@ -38,9 +38,7 @@ def convert(src: str, dst: str, fmt: str = 'auto') -> Converted:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser = documented_parser(__doc__)
     parser.add_argument('src', help='checkpoint file or HF model folder')
     parser.add_argument('dst', help='output .pth')
     parser.add_argument('--format', default='auto', choices=FORMATS,

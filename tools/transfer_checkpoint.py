@@ -32,6 +32,7 @@ from mmswinv2.checkpoints import CheckpointError  # noqa: E402
 from mmswinv2.checkpoints.conversion import (FORMATS, backbone_fragment,  # noqa: E402
                                              convert_file, describe, save_atomically,
                                              stage_plan, transfer_windows)
+from mmswinv2.launch import documented_parser  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -45,9 +46,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser = documented_parser(__doc__)
     parser.add_argument('src', help='checkpoint file or HF model folder')
     parser.add_argument('dst', help='output .pth')
     parser.add_argument('--window-size', type=positive_int, nargs='+', required=True,

@@ -110,5 +110,3 @@ def describe_mismatch(config: dict, checkpoint: dict) -> List[str]:
 
 def _fmt(value):
     return list(value) if isinstance(value, (list, tuple)) else value
-
-

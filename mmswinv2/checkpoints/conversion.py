@@ -159,7 +159,8 @@ def transfer_windows(converted: Converted, window_sizes: Sequence[int],
             f'{meta["source"]} ({meta["source_format"]} layout) does not record the windows it '
             f'was pretrained with: pass --pretrained-window-sizes (8 for *_window8_256, '
             f'16 for *_window16_256, 12 12 12 6 for the 22K 192 px checkpoints)')
-    meta.update(transferred_from=dict(window_sizes=meta['window_sizes'], pretraining_windows=recorded),
+    meta.update(transferred_from=dict(window_sizes=meta['window_sizes'],
+                                      pretraining_windows=recorded),
                 window_sizes=windows, pretrained_window_sizes=trained,
                 pretraining_windows=trained)
     return warnings

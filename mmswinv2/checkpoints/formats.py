@@ -412,5 +412,3 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor],
                        layout: str = 'auto') -> Dict[str, torch.Tensor]:
     """Convert ``state_dict`` from the named public layout (or the detected one) to ours."""
     return resolve_layout(state_dict, layout).convert(state_dict)
-
-

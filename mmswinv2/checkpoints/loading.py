@@ -67,9 +67,10 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
 
     Everything is checked before a single weight is copied: the architecture (a mismatch names
     it, e.g. "depths [2, 2, 6, 2] in config, [2, 2, 18, 2] in checkpoint"), unexpected keys,
-    tensor shapes, and (in :func:`backbone_weights`) dtypes. The only model keys allowed to have no source are output norms
-    ``norm{i}`` that the source model did not have at all (classification checkpoints have one
-    final norm); they are set to the identity (weight 1, bias 0) and reported.
+    tensor shapes, and (in :func:`backbone_weights`) dtypes. The only model keys allowed to have
+    no source are output norms ``norm{i}`` that the source model did not have at all
+    (classification checkpoints have one final norm); they are set to the identity (weight 1,
+    bias 0) and reported.
     Afterwards the windows the checkpoint was pretrained with, where it records them, become
     the model's ``pretrained_window_sizes`` unless the config set them (see
     :func:`_use_pretraining_windows`).
@@ -106,7 +107,8 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
                    for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     problems = []
     if unexpected:
-        problems.append(f'unexpected keys {unexpected[:6]}' + ('...' if len(unexpected) > 6 else ''))
+        problems.append(f'unexpected keys {unexpected[:6]}'
+                        + ('...' if len(unexpected) > 6 else ''))
     if not_norms:
         problems.append(f'missing keys {not_norms[:6]}' + ('...' if len(not_norms) > 6 else ''))
     if wrong_shape:

@@ -16,6 +16,12 @@ Size2 = Tuple[int, int]
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
+def auto_fused(device_type: str) -> bool:
+    """Whether ``fused='auto'`` runs ``scaled_dot_product_attention`` on a device type: on
+    CUDA; not on CPU, where it measured no faster than the explicit path."""
+    return device_type == 'cuda'
+
+
 class WindowAttentionV2(nn.Module):
     """Multi-head self-attention inside windows, with cosine similarity and CPB.
 
@@ -23,6 +29,19 @@ class WindowAttentionV2(nn.Module):
     The qkv projection has a learnable bias for q and v and none for k (``k`` bias is zero, as in
     the official model; a k bias is not softmax-invariant under cosine attention). The
     ``learnable_k_bias`` and ``cpb_*`` options reproduce timm's ``swinv2_cr`` variant.
+
+    **Precision.** The qkv and output projections and ``attention @ v`` run in the input's
+    type, or the autocast type under ``torch.autocast`` (bf16 / fp16). The logits do not: the
+    normalisation of q and k, ``q . k`` times the logit scale (up to 100), the position bias,
+    the mask and the softmax run in fp32 whatever the input type. A cosine of bf16 q and k is
+    off by up to ~4e-3, which a scale of 100 turns into logit errors of ~0.4 — enough to move
+    the softmax visibly; in fp32 the logits stay the reference's. The bias MLP also runs in fp32.
+
+    **Reuse in inference.** Outside training, the position bias of a window size and the
+    concatenated qkv bias are computed once and reused, until a parameter they come from
+    changes (tracked by the parameters' version counters and storage, so ``load_state_dict``,
+    an optimizer step or any in-place update invalidates them) or ``train()`` is called. The
+    shifted-window mask is three ``(N, N)`` patterns (:class:`.windows.ShiftMask`).
 
     Args:
         dim: channels of the input tokens.
@@ -38,9 +57,11 @@ class WindowAttentionV2(nn.Module):
         cpb_bounded: bound the position bias to ``16 * sigmoid`` (official; timm cr: False).
         cpb_coords: ``'normalized_log2'`` (official) or ``'log'`` (timm cr); see
             :mod:`.position_bias`.
-        fused: compute attention with ``F.scaled_dot_product_attention`` instead of the explicit
-            official order of operations. Both are exact up to rounding; see
-            ``docs/benchmarks.md`` for speed and for how far the fused kernels' rounding drifts.
+        fused: compute attention with ``F.scaled_dot_product_attention`` (in fp32, see
+            Precision) instead of the explicit official order of operations; ``'auto'``: on
+            CUDA only. Both are exact up
+            to rounding; see ``docs/benchmarks.md`` for speed and for how far the fused
+            kernels' rounding drifts.
         chunk_windows: attend at most this many windows per call (the paper's "sequential
             self-attention computation"), which bounds the transient ``(windows, heads, N, N)``
             logits at high resolution; 0: all windows in one call. The result is the same. In
@@ -50,7 +71,8 @@ class WindowAttentionV2(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, pretrained_window_size: int = 0,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
-                 cpb_hidden: int = 512, fused: bool = False, learnable_k_bias: bool = False,
+                 cpb_hidden: int = 512, fused: Union[bool, str] = False,
+                 learnable_k_bias: bool = False,
                  cpb_output_bias: bool = False, cpb_bounded: bool = True,
                  cpb_coords: str = 'normalized_log2', chunk_windows: int = 0):
         super().__init__()
@@ -80,6 +102,8 @@ class WindowAttentionV2(nn.Module):
         self.k_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and learnable_k_bias else None
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        #: name -> (key, value) of what :meth:`_reused` keeps between inference forwards.
+        self._reuse = {}
 
     def forward(self, x: torch.Tensor, window: Size2,
                 mask: Optional[ShiftMask] = None) -> torch.Tensor:
@@ -90,9 +114,7 @@ class WindowAttentionV2(nn.Module):
             window: ``(wh, ww)``.
             mask: the shifted-window mask of the ``nW`` windows, or None.
         """
-        position_bias = continuous_position_bias(  # (heads, N, N), shared by all windows
-            self.cpb_mlp, window, (self.pretrained_window_size,) * 2, self.num_heads,
-            self.cpb_coords, self.cpb_bounded)
+        position_bias = self.position_bias(window)  # (heads, N, N) fp32, shared by all windows
         BnW = x.shape[0]
         if not self.chunk_windows or BnW <= self.chunk_windows:
             return self._attend(x, position_bias, mask)
@@ -111,56 +133,96 @@ class WindowAttentionV2(nn.Module):
                 outputs.append(self._attend(x[start:stop], position_bias, rows))
         return torch.cat(outputs)
 
+    def position_bias(self, window: Size2) -> torch.Tensor:
+        """The ``(heads, N, N)`` fp32 bias of a ``window`` (reused outside training)."""
+        def compute():
+            with torch.autocast(self.cpb_mlp[0].weight.device.type, enabled=False):
+                bias = continuous_position_bias(
+                    self.cpb_mlp, window, (self.pretrained_window_size,) * 2, self.num_heads,
+                    self.cpb_coords, self.cpb_bounded)
+            return bias.to(_logit_dtype(bias.dtype))
+        return self._reused('position_bias', compute, list(self.cpb_mlp.parameters()),
+                            tuple(window), self.pretrained_window_size)
+
+    def qkv_bias(self) -> Optional[torch.Tensor]:
+        """``(3 * dim,)``: q bias, zero (or the learnt) k bias, v bias; None without biases."""
+        if self.q_bias is None:
+            return None
+        biases = [b for b in (self.q_bias, self.k_bias, self.v_bias) if b is not None]
+
+        def compute():
+            k_bias = self.k_bias if self.k_bias is not None else torch.zeros_like(self.v_bias)
+            return torch.cat((self.q_bias, k_bias, self.v_bias))
+        return self._reused('qkv_bias', compute, biases)
+
+    def _reused(self, name: str, compute, params, *key):
+        """``compute()``, or its value from an earlier call while no parameter in ``params``
+        can have changed: never in training, while autograd needs it, or while compiling."""
+        if (self.training or torch.compiler.is_compiling()
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in params))):
+            return compute()
+        key = (*key, *((p.data_ptr(), p.dtype, p._version) for p in params))
+        hit = self._reuse.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._reuse[name] = (key, compute())
+        return hit[1]
+
+    def train(self, mode: bool = True) -> 'WindowAttentionV2':
+        self._reuse.clear()
+        return super().train(mode)
+
     def _attend(self, x: torch.Tensor, position_bias: torch.Tensor,
                 mask: Union[ShiftMask, torch.Tensor, None]) -> torch.Tensor:
         """Attention of ``x``'s windows; ``mask``: a :class:`ShiftMask` of whole images, or one
         ``(N, N)`` mask per window of ``x``."""
         BnW, N, C = x.shape
         heads = self.num_heads
-        qkv_bias = None
-        if self.q_bias is not None:
-            k_bias = self.k_bias if self.k_bias is not None else torch.zeros_like(self.v_bias)
-            qkv_bias = torch.cat((self.q_bias, k_bias, self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-
-        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().to(q.dtype)
-        attend = self._fused if self.fused else self._explicit
-        out = attend(_unit_length(q), _unit_length(k), v, scale, position_bias.to(q.dtype), mask)
+        with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
+            dtype = _logit_dtype(q.dtype)
+            scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
+            q = _unit_length(q.to(dtype)) * scale  # the logit scale folded into q
+            k = _unit_length(k.to(dtype))
+            fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
+            attend = self._fused if fused else self._explicit
+            out = attend(q, k, v, position_bias.to(dtype), mask)
         out = out.transpose(1, 2).reshape(BnW, N, C)
         return self.proj_drop(self.proj(out))
 
-    def _explicit(self, q, k, v, scale, bias, mask):
-        """The official order of operations: ``softmax(cos * scale + bias [+ mask]) @ v``."""
-        attn = (q @ k.transpose(-2, -1)) * scale + bias
+    def _explicit(self, q, k, v, bias, mask):
+        """The official order of operations, ``softmax(cos * scale + bias [+ mask]) @ v``, with
+        the scale folded into q; the product with v in v's type."""
+        attn = q @ k.transpose(-2, -1) + bias
         if isinstance(mask, ShiftMask):
             mask.add_to(attn)  # only the last row and column of windows
         elif mask is not None:
-            attn += mask.unsqueeze(1).to(attn.dtype)
+            attn += mask.unsqueeze(1)
         attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
-        return attn @ v
+        return attn.to(v.dtype) @ v
 
-    def _fused(self, q, k, v, scale, bias, mask):
-        """``scaled_dot_product_attention`` with the scale folded into q and bias + mask as the
+    def _fused(self, q, k, v, bias, mask):
+        """``scaled_dot_product_attention`` in the logits' type (fp32) with bias + mask as the
         additive mask."""
         BnW, heads, N, d = q.shape
-        q = q * scale
         if isinstance(mask, ShiftMask):
             # fold the windows into the heads so that one (nW * heads, N, N) mask serves the batch
             nW = mask.num_windows
             q, k, v = (t.reshape(BnW // nW, nW * heads, N, d) for t in (q, k, v))
-            bias = (bias.unsqueeze(0) + mask.full().unsqueeze(1).to(bias.dtype)).reshape(
-                1, nW * heads, N, N)
+            bias = (bias.unsqueeze(0) + mask.full().unsqueeze(1)).reshape(1, nW * heads, N, N)
         elif mask is not None:
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)  # (BnW, heads, N, N)
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (BnW, heads, N, N)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, scale=1.0,
+            q, k, v.to(q.dtype), attn_mask=bias.to(q.dtype), scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
-        return out.reshape(BnW, heads, N, d)
+        return out.reshape(BnW, heads, N, d).to(v.dtype)
+
+
+def _logit_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type the logits are computed in: fp32, or float64 for a float64 model."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _unit_length(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last axis; in fp32 for half types, whose sum of squares can overflow."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return F.normalize(x.float(), dim=-1).to(x.dtype)
+    """L2-normalise the last axis (``x / max(||x||, 1e-12)``, as ``F.normalize``)."""
     return F.normalize(x, dim=-1)

@@ -31,12 +31,20 @@ COORDS = ('normalized_log2', 'log')
 def relative_coords_table(window: Size2, pretrained_window: Size2, device: torch.device,
                           coords: str = 'normalized_log2') -> torch.Tensor:
     """Log-spaced offsets ``(2wh-1, 2ww-1, 2)`` fed to the CPB MLP (cached, read-only)."""
-    return _coords_table(tuple(window), tuple(pretrained_window), str(device), coords)
+    table = uncached_when_compiling(_coords_table)
+    return table(tuple(window), tuple(pretrained_window), str(device), coords)
 
 
 def relative_position_index(window: Size2, device: torch.device) -> torch.Tensor:
     """``(N, N)`` index into the flattened coordinate table for every token pair of a window."""
-    return _position_index(tuple(window), str(device))
+    return uncached_when_compiling(_position_index)(tuple(window), str(device))
+
+
+def uncached_when_compiling(cached):
+    """``cached`` (an ``lru_cache``), or the function it wraps while ``torch.compile`` traces:
+    the traced graph computes the (small) tensor itself instead of Dynamo ignoring the cache
+    with a warning."""
+    return cached.__wrapped__ if torch.compiler.is_compiling() else cached
 
 
 @lru_cache(maxsize=64)

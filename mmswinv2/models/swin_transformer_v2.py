@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ..registry import MODELS
+from .attention import auto_fused
 from .blocks import SwinStageV2
 
 #: Published SwinV2 sizes (embed dims, blocks per stage, heads per stage).
@@ -99,11 +100,14 @@ class SwinTransformerV2(BaseModule):
             result is the same. In training each chunk is recomputed in backward instead of
             keeping its attention weights. 0 (default): all windows at once. Composes with
             ``with_cp``. Memory and time: ``docs/benchmarks.md``.
-        fused_attention: use ``F.scaled_dot_product_attention`` instead of the official explicit
-            order of operations (``softmax(cos * scale + bias) @ v``). The explicit path
-            reproduces timm bit for bit; the fused one differs by kernel rounding, which logit
-            scales up to 100 amplify (up to ~2e-4 on outputs of magnitude ~10 in our tests).
-            Speed of both: ``docs/benchmarks.md``.
+        fused_attention: ``'auto'`` (default), True or False. True: the attention runs in
+            ``F.scaled_dot_product_attention``; False: in the official explicit order of
+            operations (``softmax(cos * scale + bias) @ v``). Both compute the logits in fp32
+            and agree with the references within the parity bounds (float64: 1e-8); in fp32 the
+            fused kernels round differently, which logit scales up to 100 amplify. ``'auto'``
+            picks, per forward, the explicit path on CPU (where the fused kernel measured no
+            faster) and the fused one on CUDA (its fused kernels), and logs the choice once
+            per device type. Speed of both: ``docs/benchmarks.md``.
         extra_norm_every_n_blocks: a main-branch LayerNorm (``norm3``) after every n-th block of
             each stage (mmpretrain's option; SwinV2-H/G use 6). 0: none.
         stage_end_norms: stages whose last block is followed by a main-branch LayerNorm.
@@ -138,7 +142,7 @@ class SwinTransformerV2(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 fused_attention: bool = False,
+                 fused_attention: Union[bool, str] = 'auto',
                  attn_chunk_windows: int = 0,
                  learnable_k_bias: bool = False,
                  cpb_hidden_dims: int = 512,
@@ -177,8 +181,12 @@ class SwinTransformerV2(BaseModule):
             raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
         _check_int('cpb_hidden_dims', cpb_hidden_dims, minimum=1)
         _check_int('attn_chunk_windows', attn_chunk_windows, minimum=0)
+        if fused_attention != 'auto' and not isinstance(fused_attention, bool):
+            raise ValueError(f"fused_attention must be 'auto', True or False, got "
+                             f'{fused_attention!r}')
+        self.fused_attention = fused_attention
         for name, flag in (('qkv_bias', qkv_bias), ('norm_eval', norm_eval),
-                           ('with_cp', with_cp), ('fused_attention', fused_attention),
+                           ('with_cp', with_cp),
                            ('learnable_k_bias', learnable_k_bias),
                            ('cpb_output_bias', cpb_output_bias), ('cpb_bounded', cpb_bounded),
                            ('merge_norm_first', merge_norm_first)):
@@ -230,6 +238,8 @@ class SwinTransformerV2(BaseModule):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects images of shape (N, '
                              f'{self.in_channels}, H, W), got {tuple(x.shape)}')
+        if self.fused_attention == 'auto' and not torch.compiler.is_compiling():
+            _log_attention_choice(x.device.type)
         x = self.drop_after_pos(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.stages):
@@ -327,6 +337,21 @@ class SwinTransformerV2(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+
+
+_LOGGED_ATTENTION_CHOICES = set()
+
+
+def _log_attention_choice(device_type: str) -> None:
+    """Say once per device type which attention ``fused_attention='auto'`` runs."""
+    if device_type in _LOGGED_ATTENTION_CHOICES:
+        return
+    _LOGGED_ATTENTION_CHOICES.add(device_type)
+    from mmengine.logging import print_log
+    choice = ('F.scaled_dot_product_attention' if auto_fused(device_type) else
+              'the explicit official order of operations')
+    print_log(f"SwinTransformerV2 fused_attention='auto': attention on {device_type} runs in "
+              f'{choice}', logger='current')
 
 
 def arch_settings(arch: Union[str, dict]) -> dict:

@@ -10,6 +10,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .position_bias import uncached_when_compiling
+
 Size2 = Tuple[int, int]
 
 #: Added to attention logits between tokens of different regions of a shifted window
@@ -79,7 +81,8 @@ class ShiftMask:
         self.grid = tuple(grid)
         self.shift = tuple(shift)
         #: (4, N, N): no mask, last row, last column, corner (last row and column).
-        self.patterns = _mask_patterns(tuple(window), self.shift, str(device))
+        patterns = uncached_when_compiling(_mask_patterns)
+        self.patterns = patterns(tuple(window), self.shift, str(device))
 
     @classmethod
     def for_map(cls, padded_hw: Size2, window: Size2, shift: Size2,
@@ -92,7 +95,8 @@ class ShiftMask:
 
     def kinds(self) -> torch.Tensor:
         """``(nW,)`` pattern index of each window of one image (0 for interior windows)."""
-        return _window_kinds(self.grid, self.shift, str(self.patterns.device))
+        kinds = uncached_when_compiling(_window_kinds)
+        return kinds(self.grid, self.shift, str(self.patterns.device))
 
     def add_to(self, logits: torch.Tensor) -> torch.Tensor:
         """Add the mask in place to ``(B * nW, heads, N, N)`` logits, touching only the windows

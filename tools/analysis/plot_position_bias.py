@@ -17,7 +17,6 @@ The pretraining windows are read from the checkpoint where it records them (as t
 loader does); otherwise give ``--pretrained-window-sizes``. ``--windows`` defaults to the
 pretraining window and twice it.
 """
-import argparse
 import os
 import sys
 
@@ -30,13 +29,12 @@ from mmswinv2.checkpoints import CheckpointError  # noqa: E402
 from mmswinv2.checkpoints.arch import pretraining_windows  # noqa: E402
 from mmswinv2.checkpoints.conversion import FORMATS, per_stage_windows  # noqa: E402
 from mmswinv2.checkpoints.loading import read_backbone_weights, recorded_windows  # noqa: E402
+from mmswinv2.launch import documented_parser  # noqa: E402
 from mmswinv2.models.position_bias import BIAS_RANGE, relative_coords_table  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser = documented_parser(__doc__)
     parser.add_argument('checkpoint', help='checkpoint file or HF model folder')
     parser.add_argument('--stages', type=int, nargs='+', default=[0],
                         help='stages to plot (default: 0)')
@@ -79,8 +77,8 @@ def plot_stage(tables, trained, stage, block, max_heads, path):
 
     windows = sorted(tables)
     heads = min(max_heads, next(iter(tables.values())).shape[0])
-    fig, axes = plt.subplots(len(windows), heads, squeeze=False,
-                             figsize=(2.2 * heads + 0.8, 2.2 * len(windows) + 0.6))
+    fig, axes = plt.subplots(len(windows), heads, squeeze=False, layout='constrained',
+                             figsize=(2.6 * heads + 0.4, 2.2 * len(windows) + 0.6))
     for h in range(heads):
         low = min(tables[w][h].min().item() for w in windows)
         high = max(tables[w][h].max().item() for w in windows)
@@ -101,7 +99,8 @@ def plot_stage(tables, trained, stage, block, max_heads, path):
                 ax.set_ylabel(f'window {window}\ndy', fontsize=8)
             if row == len(windows) - 1:
                 ax.set_xlabel('dx', fontsize=8)
-        fig.colorbar(image, ax=[axes[row][h] for row in range(len(windows))], shrink=0.8)
+        fig.colorbar(image, ax=[axes[row][h] for row in range(len(windows))], shrink=0.6,
+                     location='bottom')
     fig.suptitle(f'stage {stage}, block {block}: position bias; dashed: offsets seen in '
                  f'pre-training (window {trained})', fontsize=9)
     fig.savefig(path, dpi=110)

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 from mmswinv2.checkpoints import (CheckpointError, mmengine_checkpoints_allowed,  # noqa: E402
                                   read_checkpoint)
 from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
-                             load_config, parse_launch_args, run)
+                             documented_parser, load_config, parse_launch_args, run)
 from mmswinv2.models.swin_transformer_v2 import arch_settings  # noqa: E402
 
 #: The metrics plotted and tabulated first, by codebase (all of them go to the JSON).
@@ -44,9 +44,7 @@ def _test_tool():
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
+    parser = documented_parser(__doc__)
     parser.add_argument('config', help='the config the checkpoint was trained with')
     parser.add_argument('checkpoint', help='trained detector / segmentor checkpoint')
     parser.add_argument('--windows', type=int, nargs='+', required=True,
