@@ -8,7 +8,8 @@
 
 Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
 mmswinv2 (default and fused attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
-(timm needs torchvision; a reference that cannot be imported is skipped and says why). Each row
+(timm needs torchvision; a reference that cannot be imported is skipped and says why), and
+MMDetection's Swin V1 at the same size (window 7), what detection users would pick instead. Each row
 runs in its own process, one after another, on the same input: images/s, the ratio to the faster
 of HF and timm, and the peak memory above what the model and input held (CPU: the process's
 peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
@@ -44,7 +45,9 @@ TIMM_NAMES = {('tiny', 8): 'swinv2_tiny_window8_256', ('tiny', 16): 'swinv2_tiny
               ('base', 8): 'swinv2_base_window8_256', ('base', 16): 'swinv2_base_window16_256'}
 OURS = 'mmswinv2 (default)'
 REFERENCES = ('HF transformers Swinv2Model', 'timm swinv2')
-MODELS = (OURS, 'mmswinv2 (fused SDPA)') + REFERENCES
+#: What detection users would pick instead: MMDetection's own Swin (V1) at the same size, window 7.
+SWIN_V1 = 'MMDetection SwinTransformer (V1, window 7)'
+MODELS = (OURS, 'mmswinv2 (fused SDPA)') + REFERENCES + (SWIN_V1,)
 
 
 def build(name, args, **options):
@@ -53,6 +56,10 @@ def build(name, args, **options):
     if name.startswith('mmswinv2'):
         return SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
                                  fused_attention=True if 'fused' in name else 'auto', **options)
+    if name == SWIN_V1:
+        from mmdet.models.backbones import SwinTransformer
+        return SwinTransformer(embed_dims=arch.embed_dims, depths=arch.depths,
+                               num_heads=arch.num_heads, window_size=7, drop_path_rate=0.)
     if name.startswith('HF'):
         from transformers import Swinv2Config, Swinv2Model
         config = Swinv2Config(image_size=list(args.hw), window_size=args.window,
