@@ -187,6 +187,8 @@ def backbones_suite(args):
     print('|---|---|---|---|---|')
     for compiled in ([False, True] if args.compile else [False]):
         for name in MODELS:
+            if args.models and not any(word in name for word in args.models):
+                continue
             result = run_row(args, ['--row', name] + (['--compiled'] if compiled else []))
             rows.append(dict(result, model=name, compiled=compiled))
     for compiled in ([False, True] if args.compile else [False]):
@@ -263,6 +265,9 @@ def parse_args(argv=None):
     parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
     parser.add_argument('--dtype', default='fp32', choices=list(DTYPES))
     parser.add_argument('--compile', action='store_true', help='add torch.compile rows')
+    parser.add_argument('--models', nargs='+', metavar='WORD',
+                        help='only the rows whose name contains one of these words '
+                             '(e.g. mmswinv2 HF)')
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch)')
@@ -274,13 +279,23 @@ def parse_args(argv=None):
     parser.add_argument('--row', help=argparse.SUPPRESS)  # one row, in a child process
     parser.add_argument('--compiled', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = [a for a in (argv if argv is not None else sys.argv[1:])
-                 if a not in ('--compile',)]
+    args.argv = _without(argv if argv is not None else sys.argv[1:], '--compile', '--models')
     args.hw = (args.size[0], args.size[-1])
     if args.window is None:
         args.window = 8 if args.suite == 'backbones' else 16
     args.warmup = max(args.warmup, 1)
     return args
+
+
+def _without(argv, *options):
+    """``argv`` less the given options and their values (what a child row must not see)."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg.startswith('--'):
+            skipping = arg in options
+        if not skipping:
+            kept.append(arg)
+    return kept
 
 
 def main(argv=None):
