@@ -128,8 +128,10 @@ class ShiftMask:
 @lru_cache(maxsize=64)
 def _mask_patterns(window: Size2, shift: Size2, device: str) -> torch.Tensor:
     wh, ww = window
-    rows = torch.arange(wh).repeat_interleave(ww)  # token -> row inside the window
-    cols = torch.arange(ww).repeat(wh)
+    # token -> row / column inside the window, as constants: Inductor (torch 2.13) fails to
+    # generate code for comparisons of index expressions (arange) fused into the softmax
+    rows = torch.tensor([t // ww for t in range(wh * ww)])
+    cols = torch.tensor([t % ww for t in range(wh * ww)])
     # In the last window row, rows from wh - shift on came from the top of the image.
     row_region = rows >= wh - shift[0] if shift[0] else torch.zeros_like(rows, dtype=torch.bool)
     col_region = cols >= ww - shift[1] if shift[1] else torch.zeros_like(cols, dtype=torch.bool)
