@@ -59,9 +59,8 @@ class WindowAttentionV2(nn.Module):
             :mod:`.position_bias`.
         fused: compute attention with ``F.scaled_dot_product_attention`` (in fp32, see
             Precision) instead of the explicit official order of operations; ``'auto'``: on
-            CUDA only. Both are exact up
-            to rounding; see ``docs/benchmarks.md`` for speed and for how far the fused
-            kernels' rounding drifts.
+            CUDA only. Both are exact up to rounding; see ``docs/benchmarks.md`` for speed and
+            for how far the fused kernels' rounding drifts.
         chunk_windows: attend at most this many windows per call (the paper's "sequential
             self-attention computation"), which bounds the transient ``(windows, heads, N, N)``
             logits at high resolution; 0: all windows in one call. The result is the same. In
@@ -182,11 +181,11 @@ class WindowAttentionV2(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
             scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
-            q = _unit_length(q.to(dtype)) * scale  # the logit scale folded into q
-            k = _unit_length(k.to(dtype))
+            q = F.normalize(q.to(dtype), dim=-1) * scale  # the logit scale folded into q
+            k = F.normalize(k.to(dtype), dim=-1)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
             attend = self._fused if fused else self._explicit
-            out = attend(q, k, v, position_bias.to(dtype), mask)
+            out = attend(q, k, v, position_bias, mask)  # the bias is already of the logits' type
         out = _flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
         return self.proj_drop(self.proj(out))
 
@@ -213,7 +212,7 @@ class WindowAttentionV2(nn.Module):
         elif mask is not None:
             bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # (BnW, heads, N, N)
         out = F.scaled_dot_product_attention(
-            q, k, v.to(q.dtype), attn_mask=bias.to(q.dtype), scale=1.0,
+            q, k, v.to(q.dtype), attn_mask=bias, scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
         return out.reshape(BnW, heads, N, d).to(v.dtype)
 
@@ -235,8 +234,3 @@ def _flush_subnormals(x: torch.Tensor) -> torch.Tensor:
 def _logit_dtype(dtype: torch.dtype) -> torch.dtype:
     """The type the logits are computed in: fp32, or float64 for a float64 model."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _unit_length(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last axis (``x / max(||x||, 1e-12)``, as ``F.normalize``)."""
-    return F.normalize(x, dim=-1)
