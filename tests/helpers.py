@@ -1,6 +1,8 @@
 """Shared by the tests and by the scripts that make reference fixtures (which run elsewhere)."""
 import copy
+import importlib.util
 import math
+import os
 import platform
 
 import torch
@@ -93,3 +95,14 @@ def raw_stage_outputs(model: nn.Module, x: torch.Tensor):
     """Run an mmswinv2 backbone; return its stage outputs before the output norms (NCHW) and its
     normal (normalised) outputs."""
     return capture_outputs(model.stages, lambda: model(x), lambda o: o.permute(0, 3, 1, 2))
+
+
+def load_tool(path: str):
+    """A script under ``tools/`` (e.g. ``'analysis/get_flops.py'``) imported as a module, as the
+    tests call the tools' ``main`` in-process."""
+    full = os.path.join(os.path.dirname(__file__), '..', 'tools', path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,4 @@
 """tools/convert_checkpoint.py: converts public layouts, records meta, writes nothing on error."""
-import importlib.util
 import os
 
 import pytest
@@ -7,14 +6,11 @@ import torch
 
 from mmswinv2 import SwinTransformerV2
 
+from helpers import load_tool
 from parity import load_fixture
 from test_checkpoints import SMALL, assert_matches_official, official_checkpoint
 
-_spec = importlib.util.spec_from_file_location(
-    'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools',
-                                       'convert_checkpoint.py'))
-convert_checkpoint = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_checkpoint)
+convert_checkpoint = load_tool('convert_checkpoint.py')
 
 
 @pytest.fixture(scope='module')

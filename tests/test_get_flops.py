@@ -1,14 +1,12 @@
 """tools/analysis/get_flops.py against the published model-card counts and an exact formula."""
-import importlib.util
 import os
 
 import pytest
 
+from helpers import load_tool
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-_spec = importlib.util.spec_from_file_location(
-    'get_flops', os.path.join(ROOT, 'tools', 'analysis', 'get_flops.py'))
-get_flops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(get_flops)
+get_flops = load_tool('analysis/get_flops.py')
 
 
 def config(path):

@@ -6,7 +6,6 @@ Configs are shrunk by ``--cfg-options``-style overrides (narrow backbone, small 
 few proposals) so that each runs in about a second on CPU; no weights (random init).
 """
 import glob
-import importlib.util
 import json
 import os
 
@@ -16,14 +15,14 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from helpers import load_tool
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 DET = sorted(glob.glob(os.path.join(ROOT, 'configs', 'det', '*.py')))
 SEG = sorted(glob.glob(os.path.join(ROOT, 'configs', 'seg', '*.py')))
 CHANNELS = [16, 32, 64, 128]
 
-_spec = importlib.util.spec_from_file_location('infer', os.path.join(ROOT, 'tools', 'infer.py'))
-infer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(infer)
+infer = load_tool('infer.py')
 
 
 def shrink_overrides(cfg: Config) -> dict:

@@ -1,7 +1,4 @@
 """tools/analysis/plot_position_bias.py: heat maps of a real checkpoint layout, and bad input."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -9,14 +6,11 @@ from PIL import Image
 
 from mmswinv2.models.position_bias import continuous_position_bias
 
+from helpers import load_tool
 from parity import load_fixture
 from test_checkpoints import SMALL, fp32, official_checkpoint
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-_spec = importlib.util.spec_from_file_location(
-    'plot_position_bias', os.path.join(ROOT, 'tools', 'analysis', 'plot_position_bias.py'))
-plot_position_bias = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plot_position_bias)
+plot_position_bias = load_tool('analysis/plot_position_bias.py')
 
 
 @pytest.fixture(scope='module')

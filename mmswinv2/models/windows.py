@@ -72,8 +72,8 @@ class ShiftMask:
     note), all other pairs 0 (the official regions, built on the padded map). Only windows in
     the last row of the window grid (when shifted vertically) and in its last column
     (horizontally) straddle regions, and all windows of the last row share one pattern, those
-    of the last column another, and the corner window has their union. So the mask is three ``(N, N)`` patterns,
-    whatever the map size, and interior windows get no mask at all.
+    of the last column another, and the corner window has their union. So the mask is three
+    ``(N, N)`` patterns, whatever the map size, and interior windows get no mask at all.
 
     Windows are numbered as :func:`window_partition` numbers them: ``b * nW + r * grid_w + c``.
     """
