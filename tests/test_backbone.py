@@ -185,10 +185,50 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
                                    msg=name)
 
 
+def official_window_partition(x, window):
+    """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, the official ``window_partition``."""
+    B, H, W, C = x.shape
+    wh, ww = window
+    x = x.view(B, H // wh, wh, W // ww, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, C)
+
+
+def official_window_reverse(windows, window, hw):
+    """Inverse of :func:`official_window_partition` (the official ``window_reverse``)."""
+    (H, W), (wh, ww) = hw, window
+    x = windows.view(-1, H // wh, W // ww, wh, ww, windows.shape[-1])
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, windows.shape[-1])
+
+
+@pytest.mark.parametrize('hw, window_size, shifted', [
+    ((16, 16), 8, True), ((16, 16), 8, False), ((21, 35), 8, True), ((13, 6), 8, True),
+    ((6, 30), 8, True), ((5, 7), 8, True), ((23, 40), 7, False), ((40, 40), 16, True),
+])
+def test_window_layout_gathers_what_the_official_pad_roll_partition_gives(
+        hw, window_size, shifted):
+    """One gather each way equals the official zero-pad, roll by -shift and partition, and
+    its inverse (reverse, roll back, crop), batch 2, including the shift mask it carries."""
+    from mmswinv2.models.windows import WindowLayout, pad_to_multiple, window_and_shift
+    x = torch.randn(2, *hw, 5)
+    layout = WindowLayout(hw, window_size, shifted, x.device)
+    window, shift = window_and_shift(hw, window_size, shifted)
+    assert (layout.window, layout.shift) == (window, shift)
+    padded = torch.roll(pad_to_multiple(x, window), (-shift[0], -shift[1]), (1, 2))
+    expected = official_window_partition(padded, window)
+    assert torch.equal(layout.partition(x), expected)
+    windows = torch.randn_like(expected)
+    back = torch.roll(official_window_reverse(windows, window, padded.shape[1:3]), shift, (1, 2))
+    assert torch.equal(layout.reverse(windows), back[:, :hw[0], :hw[1]])
+    if any(shift):
+        assert torch.equal(layout.mask.full(), official_shift_mask(padded.shape[1:3], window,
+                                                                   shift))
+    else:
+        assert layout.mask is None
+
+
 def official_shift_mask(padded_hw, window, shift):
     """The official construction: label the padded map's regions, partition into windows, mask
     pairs with different labels (microsoft/Swin-Transformer SwinTransformerBlock.__init__)."""
-    from mmswinv2.models.windows import window_partition
     H, W = padded_hw
     img_mask = torch.zeros(1, H, W, 1)
     h_slices = ((slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None))
@@ -200,7 +240,7 @@ def official_shift_mask(padded_hw, window, shift):
         for w in w_slices:
             img_mask[:, h, w, :] = count
             count += 1
-    mask_windows = window_partition(img_mask, window).squeeze(-1)
+    mask_windows = official_window_partition(img_mask, window).squeeze(-1)
     attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
     return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
 

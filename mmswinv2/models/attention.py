@@ -14,6 +14,8 @@ Size2 = Tuple[int, int]
 
 #: logit_scale is clamped at ln(1 / 0.01): attention temperatures never exceed 100.
 MAX_LOGIT_SCALE = math.log(100.0)
+#: The smallest norm q and k are divided by (``F.normalize``'s default eps).
+NORMALIZE_EPS = 1e-12
 
 
 def auto_fused(device_type: str) -> bool:
@@ -181,8 +183,8 @@ class WindowAttentionV2(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
             scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
-            q = F.normalize(q.to(dtype), dim=-1) * scale  # the logit scale folded into q
-            k = F.normalize(k.to(dtype), dim=-1)
+            q = _normalize(q.to(dtype), scale)  # the logit scale folded into q
+            k = _normalize(k.to(dtype))
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
             attend = self._fused if fused else self._explicit
             out = attend(q, k, v, position_bias, mask)  # the bias is already of the logits' type
@@ -192,7 +194,8 @@ class WindowAttentionV2(nn.Module):
     def _explicit(self, q, k, v, bias, mask):
         """The official order of operations, ``softmax(cos * scale + bias [+ mask]) @ v``, with
         the scale folded into q; the product with v in v's type."""
-        attn = q @ k.transpose(-2, -1) + bias
+        attn = q @ k.transpose(-2, -1)
+        attn += bias  # in place: the product is not needed for its own gradient
         if isinstance(mask, ShiftMask):
             mask.add_to(attn)  # only the last row and column of windows
         elif mask is not None:
@@ -215,6 +218,13 @@ class WindowAttentionV2(nn.Module):
             q, k, v.to(q.dtype), attn_mask=bias, scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
         return out.reshape(BnW, heads, N, d).to(v.dtype)
+
+
+def _normalize(x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.normalize(x, dim=-1)`` times ``scale``, in one pass over ``x``: the scale is applied
+    to the (small) tensor of norms."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
+    return x * (scale / norm) if scale is not None else x / norm
 
 
 def _flush_subnormals(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
 from .attention import WindowAttentionV2
-from .windows import ShiftMask, pad_to_multiple, window_and_shift, window_partition, window_reverse
+from .windows import WindowLayout, pad_to_multiple
 
 
 class DropPath(nn.Module):
@@ -49,7 +49,8 @@ class SwinBlockV2(nn.Module):
 
     Odd blocks of a stage use shifted windows. The window and shift are chosen per forward from
     the map size (:func:`.windows.window_and_shift`); the map is zero-padded at the bottom/right to
-    a window multiple, rolled, attended, rolled back and cropped, so any ``H x W`` works.
+    a window multiple, rolled, attended, rolled back and cropped, so any ``H x W`` works (each way
+    in one gather, :class:`.windows.WindowLayout`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shifted: bool,
@@ -73,19 +74,9 @@ class SwinBlockV2(nn.Module):
         return self.norm3(x) if self.norm3 is not None else x
 
     def _shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
-        _, H, W, C = x.shape
-        window, shift = window_and_shift((H, W), self.window_size, self.shifted)
-        x = pad_to_multiple(x, window)
-        padded_hw = x.shape[1:3]
-        mask = None
-        if any(shift):
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = ShiftMask.for_map(padded_hw, window, shift, x.device)
-        windows = self.attn(window_partition(x, window), window, mask)
-        x = window_reverse(windows, window, padded_hw)
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
-        return x[:, :H, :W, :]
+        layout = WindowLayout(x.shape[1:3], self.window_size, self.shifted, x.device)
+        windows = self.attn(layout.partition(x), layout.window, layout.mask)
+        return layout.reverse(windows)
 
 
 class PatchMergingV2(nn.Module):

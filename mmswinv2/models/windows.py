@@ -47,21 +47,90 @@ def pad_to_multiple(x: torch.Tensor, multiple: Size2) -> torch.Tensor:
     return x
 
 
-def window_partition(x: torch.Tensor, window: Size2) -> torch.Tensor:
-    """``(B, H, W, C)`` with H, W multiples of ``window`` -> ``(B * nW, wh * ww, C)``."""
-    B, H, W, C = x.shape
-    wh, ww = window
-    x = x.view(B, H // wh, wh, W // ww, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, C)
+class WindowLayout:
+    """How one block cuts an ``H x W`` map into windows and puts them back, in one gather each
+    way.
+
+    The official recipe is four passes over the map: zero-pad at the bottom/right to whole
+    windows, roll by ``-shift``, partition into windows; and back: reverse the partition, roll
+    by ``+shift``, crop. All of them only move tokens, so in eager mode each direction is one
+    ``index_select`` of precomputed (cached) token positions: the windows gather their tokens
+    straight from the unpadded map (padding tokens are then set to zero), and the map gathers
+    its tokens straight from the windows. While ``torch.compile`` traces, the official ops are
+    used instead: Inductor fuses them into one gather itself, whereas index arithmetic on
+    symbolic sizes (``dynamic=True``) multiplies the compile time. Windows are numbered
+    ``b * nW + r * grid_w + c`` and tokens inside a window row-major, as in the official
+    partition.
+
+    Attributes:
+        window, shift: what :func:`window_and_shift` chose for the map.
+        grid: windows per column and per row of the padded map.
+        mask: the :class:`ShiftMask` of the windows, or None when not shifted.
+    """
+
+    def __init__(self, hw: Size2, window_size: int, shifted: bool, device: torch.device):
+        self.hw = tuple(hw)
+        self.window, self.shift = window_and_shift(self.hw, window_size, shifted)
+        # (floor divisions of non-negative sizes only: with symbolic sizes, Dynamo in torch 2.13
+        # fails its own guards on the ceil-division form)
+        self.padded_hw = tuple(size + -size % w for size, w in zip(self.hw, self.window))
+        self.grid = (self.padded_hw[0] // self.window[0], self.padded_hw[1] // self.window[1])
+        self.mask = ShiftMask(self.grid, self.window, self.shift, device) \
+            if any(self.shift) else None
+        self._indices = None if torch.compiler.is_compiling() else _layout_indices(
+            self.hw, self.window, self.shift, str(device))
+
+    @property
+    def tokens_per_window(self) -> int:
+        return self.window[0] * self.window[1]
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``: padded with zeros, rolled by
+        ``-shift``, cut into windows."""
+        B, H, W, C = x.shape
+        if self._indices is None:  # compiling
+            x = pad_to_multiple(x, self.window)
+            x = torch.roll(x, shifts=(-self.shift[0], -self.shift[1]), dims=(1, 2))
+            x = x.view(B, self.grid[0], self.window[0], self.grid[1], self.window[1], C)
+            return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, self.tokens_per_window, C)
+        to_windows, padding, _ = self._indices
+        windows = x.reshape(B, H * W, C).index_select(1, to_windows)
+        if padding is not None:
+            windows.index_fill_(1, padding, 0)
+        return windows.view(-1, self.tokens_per_window, C)
+
+    def reverse(self, windows: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`partition`: ``(B * nW, wh * ww, C)`` -> ``(B, H, W, C)``
+        (rolled back by ``+shift``, padding dropped)."""
+        (gh, gw), (wh, ww), C = self.grid, self.window, windows.shape[-1]
+        if self._indices is None:  # compiling
+            x = windows.view(-1, gh, gw, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
+            x = torch.roll(x.reshape(-1, *self.padded_hw, C), shifts=self.shift, dims=(1, 2))
+            return x[:, :self.hw[0], :self.hw[1]]
+        tokens = windows.reshape(-1, gh * gw * self.tokens_per_window, C)
+        return tokens.index_select(1, self._indices[2]).view(-1, *self.hw, C)
 
 
-def window_reverse(windows: torch.Tensor, window: Size2, hw: Size2) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: ``(B * nW, wh * ww, C)`` -> ``(B, H, W, C)``."""
+@lru_cache(maxsize=256)
+def _layout_indices(hw: Size2, window: Size2, shift: Size2, device: str):
+    """Token positions of :class:`WindowLayout`, found by running the official recipe on the
+    positions themselves: for each window token, its position in the flattened map (0 for
+    padding); the window tokens that are padding (None if none); for each map token, its
+    position in the flattened windows."""
     H, W = hw
-    wh, ww = window
-    C = windows.shape[-1]
-    x = windows.view(-1, H // wh, W // ww, wh, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+    positions = torch.arange(H * W).view(1, H, W, 1)
+    padded = F.pad(positions, (0, 0, 0, -W % window[1], 0, -H % window[0]), value=-1)
+    rolled = torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    gh, gw = rolled.shape[1] // window[0], rolled.shape[2] // window[1]
+    source = rolled.view(gh, window[0], gw, window[1]).permute(0, 2, 1, 3).reshape(-1)
+    padding = (source < 0).nonzero().flatten()
+
+    slots = torch.arange(source.numel()).view(gh, gw, window[0], window[1])
+    unrolled = torch.roll(slots.permute(0, 2, 1, 3).reshape(1, gh * window[0], -1),
+                          shifts=shift, dims=(1, 2))
+    to_map = unrolled[0, :H, :W].reshape(-1)
+    return (source.clamp_min(0).to(device), padding.to(device) if len(padding) else None,
+            to_map.to(device))
 
 
 class ShiftMask:
@@ -75,7 +144,7 @@ class ShiftMask:
     of the last column another, and the corner window has their union. So the mask is three
     ``(N, N)`` patterns, whatever the map size, and interior windows get no mask at all.
 
-    Windows are numbered as :func:`window_partition` numbers them: ``b * nW + r * grid_w + c``.
+    Windows are numbered as :class:`WindowLayout` numbers them: ``b * nW + r * grid_w + c``.
     """
 
     def __init__(self, grid: Size2, window: Size2, shift: Size2, device: torch.device):
