@@ -127,6 +127,20 @@ def test_dist_train_sh_runs_two_cpu_processes_under_torchrun(setup):
     assert torch.load(root / 'dist' / 'epoch_2.pth', weights_only=False)['meta']['iter'] == 2
 
 
+def test_compile_config_key_traces_the_backbone_over_changing_sizes(setup):
+    """``compile`` with torch.compile options: Dynamo traces the backbone (backend 'eager', no
+    code generation) through multi-scale training batches of changing sizes, where MMEngine's
+    own whole-``train_step`` compile fails in its optimizer wrapper."""
+    root, config = setup
+    out = run_tool(['tools/train.py', str(config), '--work-dir', str(root / 'compiled'),
+                    '--cfg-options', 'model.backbone.init_cfg=None', 'compile.backend=eager',
+                    'compile.dynamic=True', 'train_cfg.max_epochs=1', 'val_cfg=None',
+                    'val_dataloader=None', 'val_evaluator=None', *NUM_CLASSES])
+    assert "torch.compile(backend='eager', dynamic=True)" in out
+    losses = logged_losses(out)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_no_detection_at_all_prints_zero_tables_and_names_the_threshold(setup):
     """An (untrained) detector whose every score falls below the threshold: MMDetection's
     CocoMetric alone logs "The testing results of the whole dataset is empty" and no metrics."""

@@ -5,6 +5,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 from e2e_helpers import ROOT, logged_losses, run_tool
 
@@ -90,6 +91,25 @@ def test_train_under_torchrun_with_two_cpu_processes(setup):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'SyncBN layers built as BN' in out
     assert len(logged_losses(log)) == 2 and (root / 'dist' / 'iter_2.pth').exists()
+
+
+def test_compile_config_key_trains_with_a_compiled_backbone(setup):
+    """MMEngine's ``compile`` key: the backbone is compiled (Dynamo and AOTAutograd, forward
+    and backward; backend 'aot_eager', since Inductor's CPU code can crash in training, see
+    ``CPU_INDUCTOR_TRAINING_CRASH``), training runs, and the checkpoint keeps the plain
+    state-dict keys (``nn.Module.compile`` works in place)."""
+    root, config = setup
+    work = root / 'compiled'
+    out = run_tool(['tools/train.py', str(config), '--work-dir', str(work), '--cfg-options',
+                    'compile.backend=aot_eager', 'train_cfg.max_iters=2',
+                    'train_cfg.val_interval=10'])
+    assert "compile: the backbone (SwinTransformerV2) is compiled with " \
+        "torch.compile(backend='aot_eager')" in out
+    losses = logged_losses(out)
+    assert len(losses) == 2 and all(v == v and abs(v) != float('inf') for v in losses)
+    state = torch.load(work / 'iter_2.pth', weights_only=False)['state_dict']
+    assert 'backbone.patch_embed.proj.weight' in state
+    assert not any('_orig_mod' in key for key in state)
 
 
 def test_window_sweep_evaluates_each_test_window(setup, trained):

@@ -5,6 +5,8 @@
                               [--compile] [--iters 10] [--warmup 3] [--threads N] [--json F]
     python tools/benchmark.py --suite sequential [--sizes 1536 2048] [--window 16]
                               [--chunk 64] [--threads N]
+    python tools/benchmark.py --suite models [--mode infer|train] [--dtype fp32|bf16]
+                              [--iters 3] [--warmup 1] [--threads N]
 
 Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
 mmswinv2 (default and fused attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
@@ -22,6 +24,14 @@ accumulates MMEngine counts for the backbone, per second).
 call against ``attn_chunk_windows=--chunk``: a forward at each of ``--sizes``, and a training
 step (forward + backward) with ``with_cp`` at the first size, with the same time and memory
 columns.
+
+``--suite models``: whole models built from this project's configs with random weights:
+Cascade Mask R-CNN at 800x1333 (one image, padded to 800x1344) and UperNet at 512x2048, each
+with our SwinV2-T and with MMDetection's / MMSegmentation's own Swin V1-T (configs
+``*_swin_v1_tiny_*``, what users would pick instead). ``infer``: ``model.predict`` (test-time
+post-processing included); ``train``: ``model.loss`` on generated ground truth and its
+backward (the optimizer step excluded). Images/s, seconds per step, the ratio of SwinV2-T to
+Swin V1-T, and peak memory.
 
 Results go to stdout as a Markdown table (and to ``--json``); record them in
 docs/benchmarks.md with the machine.
@@ -74,9 +84,11 @@ def build(name, args, **options):
                              num_classes=0, global_pool='')
 
 
-def measure(model, x, args, train, compile_model=False):
+def measure(model, x, args, train, compile_model=False, forward=None):
     """images/s, peak memory above what is held before the first call, and the compile time
-    (the first call of a compiled model), of ``args.iters`` steps after ``args.warmup``."""
+    (the first call of a compiled model), of ``args.iters`` steps after ``args.warmup``.
+    ``forward(model, x)`` returns the tensor a training step backpropagates from (default: a
+    backbone's last output)."""
     model = model.to(args.device)
     model.train(train)
     held = _memory_now(x)
@@ -84,12 +96,11 @@ def measure(model, x, args, train, compile_model=False):
         model = torch.compile(model)
     autocast = torch.autocast(device_type=x.device.type, dtype=DTYPES[args.dtype],
                               enabled=args.dtype != 'fp32')
+    forward = forward or _last_output
 
     def step():
         with autocast, torch.set_grad_enabled(train):
-            out = model(x)
-            out = out[-1] if isinstance(out, (tuple, list)) else getattr(
-                out, 'last_hidden_state', out)
+            out = forward(model, x)
             if train:
                 out.float().mean().backward()
         if x.is_cuda:
@@ -107,6 +118,11 @@ def measure(model, x, args, train, compile_model=False):
     return dict(images_per_s=args.iters * x.shape[0] / seconds,
                 seconds_per_step=seconds / args.iters, peak_gib=(_peak(x) - held) / 2**30,
                 compile_s=compile_s)
+
+
+def _last_output(model, x):
+    out = model(x)
+    return out[-1] if isinstance(out, (tuple, list)) else getattr(out, 'last_hidden_state', out)
 
 
 def _memory_now(x):
@@ -149,11 +165,111 @@ def backbone_macs(args):
     return analyzer.total()
 
 
+# ---- whole detectors and segmentors ---------------------------------------------------------
+
+#: name -> (config, input height and width): SwinV2-T and Swin V1-T in the same model.
+WHOLE_MODELS = {
+    'Cascade Mask R-CNN, SwinV2-T': ('configs/det/cascade_swinv2_tiny_coco.py', (800, 1333)),
+    'Cascade Mask R-CNN, Swin V1-T (MMDetection)': ('configs/det/cascade_swin_v1_tiny_coco.py',
+                                                    (800, 1333)),
+    'UperNet, SwinV2-T': ('configs/seg/upernet_swinv2_tiny_ade20k.py', (512, 2048)),
+    'UperNet, Swin V1-T (MMSegmentation)': ('configs/seg/upernet_swin_v1_tiny_ade20k.py',
+                                            (512, 2048)),
+}
+
+
+def whole_model(name, args):
+    """(model, batched input, forward) of one :data:`WHOLE_MODELS` entry with random weights:
+    one image of the entry's size, padded as the model's data preprocessor pads it; forward
+    predicts (inference) or returns the summed losses on generated ground truth (training)."""
+    from mmengine.config import Config
+    from mmswinv2.launch import build_model, codebase_of
+    path, (h, w) = WHOLE_MODELS[name]
+    cfg = Config.fromfile(os.path.join(os.path.dirname(__file__), '..', path))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.drop_path_rate = 0.
+    codebase = codebase_of(cfg, path)
+    if codebase == 'mmseg':
+        cfg.model.test_cfg = dict(mode='whole')  # the whole 512x2048 image in one forward
+    model = build_model(cfg, codebase)
+    divisor = cfg.model.data_preprocessor.get('pad_size_divisor', 1) or 1
+    padded = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
+    x = torch.randn(1, 3, *padded, device=args.device)
+    sample = _data_sample(codebase, model, (h, w), padded, args.device)
+
+    def forward(model, x):
+        if not model.training:
+            return model.predict(x, [sample])
+        return model.parse_losses(model.loss(x, [sample]))[0]  # the summed losses
+    return model, x, forward
+
+
+def _data_sample(codebase, model, hw, padded, device):
+    """A data sample with the meta information of one resized image and random ground truth:
+    10 boxes with masks (detection) or a label map of 150 classes (segmentation)."""
+    import numpy as np
+    from mmengine.structures import InstanceData, PixelData
+    meta = dict(img_shape=hw, ori_shape=hw, pad_shape=padded, batch_input_shape=padded,
+                scale_factor=(1.0, 1.0))
+    generator = torch.Generator().manual_seed(0)
+    if codebase == 'mmseg':
+        from mmseg.structures import SegDataSample
+        sample = SegDataSample(metainfo=meta)
+        labels = torch.randint(0, 150, (1, *padded), generator=generator)
+        sample.gt_sem_seg = PixelData(data=labels.to(device))
+        return sample
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    sample = DetDataSample(metainfo=meta)
+    corners = torch.rand(10, 2, 2, generator=generator) * torch.tensor(hw[::-1])
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values + 16], dim=1)
+    masks = np.zeros((10, *hw), dtype=np.uint8)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+        mask[y0:y1, x0:x1] = 1
+    sample.gt_instances = InstanceData(bboxes=boxes.to(device),
+                                       labels=torch.randint(0, 80, (10,), generator=generator)
+                                       .to(device),
+                                       masks=BitmapMasks(masks, *hw))
+    return sample
+
+
+def models_suite(args):
+    """Whole detectors / segmentors with SwinV2-T against Swin V1-T (see the module docstring)."""
+    print(f'Whole models, random weights, batch 1, {args.mode}, {args.dtype}, {args.iters} '
+          f'iters after {args.warmup} warm-up, each row in its own process; torch '
+          f'{torch.__version__}; {_device_name(args)}\n')
+    print('| model | input | images/s | seconds per step | SwinV2-T / Swin V1-T | '
+          'peak memory (GiB) |')
+    print('|---|---|---|---|---|---|')
+    rows = []
+    for name, (_, hw) in WHOLE_MODELS.items():
+        if args.models and not any(word in name for word in args.models):
+            continue
+        result = dict(run_row(args, ['--row', name]), model=name)
+        rows.append(result)
+        if 'error' in result:
+            print(f"| {name} | {hw[0]}x{hw[1]} | failed: {result['error']} | | | |", flush=True)
+            continue
+        ratio = ''
+        if 'V1' in name:
+            v2 = next((r for r in rows if r['model'] == name.split(',')[0] + ', SwinV2-T'
+                       and 'error' not in r), None)
+            ratio = f"{v2['images_per_s'] / result['images_per_s']:.2f}" if v2 else ''
+        print(f"| {name} | {hw[0]}x{hw[1]} | {result['images_per_s']:.3f} | "
+              f"{result['seconds_per_step']:.2f} | {ratio} | {result['peak_gib']:.2f} |",
+              flush=True)
+    return dict(rows=rows)
+
+
 # ---- one row, in its own process ----------------------------------------------------------
 
 def row(args):
     """Measure one model (``--row NAME``) and print the result as JSON (the child process)."""
     torch.manual_seed(0)
+    if args.suite == 'models':
+        model, x, forward = whole_model(args.row, args)
+        print(json.dumps(measure(model, x, args, args.mode == 'train', forward=forward)))
+        return
     x = torch.randn(args.batch, 3, *args.hw, device=args.device)
     if args.suite == 'sequential':
         model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
@@ -255,7 +371,8 @@ def _device_name(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--suite', default='backbones', choices=['backbones', 'sequential'])
+    parser.add_argument('--suite', default='backbones',
+                        choices=['backbones', 'sequential', 'models'])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--arch', default='tiny', choices=['tiny', 'small', 'base'])
     parser.add_argument('--batch', type=int, default=8)
@@ -305,7 +422,8 @@ def main(argv=None):
     if args.row:
         row(args)
         return
-    suite = backbones_suite if args.suite == 'backbones' else sequential_suite
+    suite = dict(backbones=backbones_suite, sequential=sequential_suite,
+                 models=models_suite)[args.suite]
     results = suite(args)
     if args.json:
         with open(args.json, 'w') as f:
