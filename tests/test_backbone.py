@@ -253,7 +253,8 @@ def test_compact_shift_mask_is_the_official_mask(padded_hw, window, shift):
     """Three (N, N) patterns applied to the last row / column of windows give exactly the
     official (nW, N, N) mask, and adding it in place equals adding the full mask."""
     from mmswinv2.models.windows import ShiftMask
-    mask = ShiftMask.for_map(padded_hw, window, shift, torch.device('cpu'))
+    grid = (padded_hw[0] // window[0], padded_hw[1] // window[1])
+    mask = ShiftMask(grid, window, shift, torch.device('cpu'))
     official = official_shift_mask(padded_hw, window, shift)
     assert torch.equal(mask.full(), official)
     nW, N = official.shape[:2]

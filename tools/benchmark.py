@@ -195,7 +195,7 @@ def whole_model(name, args):
     divisor = cfg.model.data_preprocessor.get('pad_size_divisor', 1) or 1
     padded = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
     x = torch.randn(1, 3, *padded, device=args.device)
-    sample = _data_sample(codebase, model, (h, w), padded, args.device)
+    sample = _data_sample(codebase, (h, w), padded, args.device)
 
     def forward(model, x):
         if not model.training:
@@ -204,7 +204,7 @@ def whole_model(name, args):
     return model, x, forward
 
 
-def _data_sample(codebase, model, hw, padded, device):
+def _data_sample(codebase, hw, padded, device):
     """A data sample with the meta information of one resized image and random ground truth:
     10 boxes with masks (detection) or a label map of 150 classes (segmentation)."""
     import numpy as np

@@ -107,8 +107,9 @@ class WindowLayout:
             x = windows.view(-1, gh, gw, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
             x = torch.roll(x.reshape(-1, *self.padded_hw, C), shifts=self.shift, dims=(1, 2))
             return x[:, :self.hw[0], :self.hw[1]]
+        _, _, to_map = self._indices
         tokens = windows.reshape(-1, gh * gw * self.tokens_per_window, C)
-        return tokens.index_select(1, self._indices[2]).view(-1, *self.hw, C)
+        return tokens.index_select(1, to_map).view(-1, *self.hw, C)
 
 
 @lru_cache(maxsize=256)
@@ -153,11 +154,6 @@ class ShiftMask:
         #: (4, N, N): no mask, last row, last column, corner (last row and column).
         patterns = uncached_when_compiling(_mask_patterns)
         self.patterns = patterns(tuple(window), self.shift, str(device))
-
-    @classmethod
-    def for_map(cls, padded_hw: Size2, window: Size2, shift: Size2,
-                device: torch.device) -> 'ShiftMask':
-        return cls((padded_hw[0] // window[0], padded_hw[1] // window[1]), window, shift, device)
 
     @property
     def num_windows(self) -> int:
