@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .lean_autograd import flush_subnormals, scaled_normalize
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
 
@@ -14,8 +15,6 @@ Size2 = Tuple[int, int]
 
 #: logit_scale is clamped at ln(1 / 0.01): attention temperatures never exceed 100.
 MAX_LOGIT_SCALE = math.log(100.0)
-#: The smallest norm q and k are divided by (``F.normalize``'s default eps).
-NORMALIZE_EPS = 1e-12
 
 
 def auto_fused(device_type: str) -> bool:
@@ -183,12 +182,19 @@ class WindowAttentionV2(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
             scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
-            q = _normalize(q.to(dtype), scale)  # the logit scale folded into q
-            k = _normalize(k.to(dtype))
+            # q and k out of the qkv rows in one copy each, contiguous per head as the product
+            # needs them (else it copies them itself and keeps the copies for backward)
+            q, k = (t.to(dtype).contiguous() for t in (q, k))
+            q = scaled_normalize(q, scale)  # the logit scale folded into q
+            k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
             attend = self._fused if fused else self._explicit
             out = attend(q, k, v, position_bias, mask)  # the bias is already of the logits' type
-        out = _flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
+        # Masked pairs get softmax weights of ~e^-100 = 4e-44, and a padded token whose own
+        # region holds only zero-valued tokens gets an attention output of that size: subnormal
+        # floats, which x86 multiplies in microcode (measured on an Intel Xeon at 800x1344: the
+        # output projection of every shifted block 19-37x slower). They are set to 0.
+        out = flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
         return self.proj_drop(self.proj(out))
 
     def _explicit(self, q, k, v, bias, mask):
@@ -218,27 +224,6 @@ class WindowAttentionV2(nn.Module):
             q, k, v.to(q.dtype), attn_mask=bias, scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
         return out.reshape(BnW, heads, N, d).to(v.dtype)
-
-
-def _normalize(x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.normalize(x, dim=-1)`` times ``scale``, in one pass over ``x``: the scale is applied
-    to the (small) tensor of norms."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
-    return x * (scale / norm) if scale is not None else x / norm
-
-
-def _flush_subnormals(x: torch.Tensor) -> torch.Tensor:
-    """fp32 / bf16 values below the smallest normal number (1.2e-38) set to 0.
-
-    Masked pairs get softmax weights of ~e^-100 = 4e-44, and a padded token whose own region
-    holds only zero-valued tokens gets an attention output of that size: subnormal floats,
-    which x86 multiplies in microcode. Measured on an Intel Xeon at 800x1344: the output
-    projection of every shifted block 19-37x slower, the whole backbone 1.35x. Zeroing them
-    changes no value by more than 1.2e-38.
-    """
-    if x.dtype not in (torch.float32, torch.bfloat16):
-        return x
-    return F.hardshrink(x, torch.finfo(x.dtype).tiny)
 
 
 def _logit_dtype(dtype: torch.dtype) -> torch.dtype:

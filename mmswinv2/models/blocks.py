@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
 from .attention import WindowAttentionV2
+from .lean_autograd import gelu_linear
 from .windows import WindowLayout, pad_to_multiple
 
 
@@ -29,7 +30,9 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout."""
+    """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout, GELU and fc2 run as one
+    :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than keep its
+    output."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
         super().__init__()
@@ -39,7 +42,10 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        hidden = self.fc1(x)
+        if self.training and self.drop.p:
+            return self.drop(self.fc2(self.drop(self.act(hidden))))
+        return gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class SwinBlockV2(nn.Module):

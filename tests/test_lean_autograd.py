@@ -1,0 +1,154 @@
+"""The lean backward of ``lean_autograd``: gradients equal what autograd gives for the plain ops
+(and, through the whole backbone, HF transformers' gradients), while less is kept for backward."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+from transformers import Swinv2Backbone, Swinv2Config
+
+import mmswinv2.models.lean_autograd as lean
+from mmswinv2 import SwinTransformerV2
+from mmswinv2.checkpoints import convert_state_dict
+
+from helpers import randomize_
+
+SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+
+
+def f64(*shape, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+
+def test_scaled_normalize_gradient_is_the_derivative():
+    x, scale = f64(3, 4, 5, 8), f64(4, 1, 1, seed=1).detach().exp().requires_grad_()
+    assert gradcheck(lean.scaled_normalize, (x, scale))
+    assert gradcheck(lean.scaled_normalize, (f64(3, 4, 5, 8, seed=2),))
+
+
+def test_scaled_normalize_matches_f_normalize_including_zero_vectors():
+    """A zero vector's norm is clamped at eps, where F.normalize's gradient is dy / eps (a
+    numerical derivative would see the unclamped norm of the perturbed vector instead)."""
+    x = f64(2, 4, 6, 8)
+    with torch.no_grad():
+        x[0, :, 2] = 0  # e.g. the k of a zero padding token (k has no bias)
+        x[1, 1, 3] = 1e-14
+    scale = f64(4, 1, 1, seed=1).detach().exp().requires_grad_()
+    grad = f64(2, 4, 6, 8, seed=3).detach()
+    ours = lean.scaled_normalize(x, scale)
+    theirs = F.normalize(x, dim=-1) * scale
+    torch.testing.assert_close(ours, theirs, rtol=1e-15, atol=0)  # (scale applied to the norm)
+    ours_grads = torch.autograd.grad(ours, (x, scale), grad)
+    theirs_grads = torch.autograd.grad(theirs, (x, scale), grad)
+    for a, b in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_gelu_linear_gradient_is_the_derivative():
+    hidden, weight, bias = f64(2, 7, 12), f64(5, 12, seed=1), f64(5, seed=2)
+    assert gradcheck(lean.gelu_linear, (hidden, weight, bias))
+    assert gradcheck(lean.gelu_linear, (hidden, weight, None))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_gelu_linear_under_autocast_matches_the_plain_ops(dtype):
+    """Under autocast the linear layer runs in the autocast type, as F.linear does; the
+    gradients equal autograd's through the plain ops up to the order of the sums."""
+    hidden = torch.randn(4, 9, 16).to(dtype).requires_grad_()  # what an autocast fc1 returns
+    fc2 = torch.nn.Linear(16, 6)
+    grad = torch.randn(4, 9, 6).to(dtype)
+    results = []
+    for op in (lean.gelu_linear, lambda h, w, b: F.linear(F.gelu(h), w, b)):
+        with torch.autocast('cpu', dtype=dtype):
+            out = op(hidden, fc2.weight, fc2.bias)
+        results.append((out, *torch.autograd.grad(out, (hidden, fc2.weight, fc2.bias), grad)))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_flush_subnormals_zeroes_them_and_passes_the_gradient():
+    tiny = torch.finfo(torch.float32).tiny
+    x = torch.tensor([1.0, tiny / 2, -tiny / 4, 2 * tiny, -2.0, 0.0], requires_grad=True)
+    y = lean.flush_subnormals(x)
+    assert y.tolist() == [1.0, 0.0, 0.0, 2 * tiny, -2.0, 0.0]
+    grad = torch.arange(6.0)
+    assert torch.equal(torch.autograd.grad(y, x, grad)[0], grad)
+
+
+def test_backbone_gradients_match_hf():
+    """Every parameter's gradient and the input's, through HF transformers' own backward, in
+    float64 (padded maps, shifted windows, logit scales past the clamp). Every stage map is
+    larger than the window, where HF's window rule and ours agree (see test_parity_hf.py)."""
+    config = Swinv2Config(image_size=[172, 236], patch_size=4, window_size=4, embed_dim=16,
+                          depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], drop_path_rate=0.,
+                          out_features=['stage1', 'stage2', 'stage3', 'stage4'])
+    hf = randomize_(Swinv2Backbone(config), seed=5).double().train()
+    ours = SwinTransformerV2(arch=SMALL, window_size=4, drop_path_rate=0.).double().train()
+    ours.load_state_dict(convert_state_dict(hf.state_dict(), 'hf'), strict=False)
+    x = torch.randn(2, 3, 172, 236, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = None
+
+    def loss_and_grads(model, outputs_of):
+        nonlocal weights
+        xi = x.clone().requires_grad_()
+        outs = outputs_of(model, xi)
+        if weights is None:
+            g = torch.Generator().manual_seed(1)
+            weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+        loss = sum((o * w).sum() for o, w in zip(outs, weights))
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(loss, [xi, *params.values()], allow_unused=True)
+        return grads[0], {n: g for n, g in zip(params, grads[1:]) if g is not None}
+
+    hf_input_grad, hf_grads = loss_and_grads(hf, lambda m, xi: list(m(xi).feature_maps))
+    our_input_grad, our_grads = loss_and_grads(ours, stage_outputs_with_grad)
+    expected = dict(convert_state_dict(hf_grads, 'hf'), input=hf_input_grad)
+    ours_all = dict(our_grads, input=our_input_grad)
+    assert set(expected) == set(ours_all)  # all but our output norms, which HF lacks
+    worst = 0.0
+    for name, grad in expected.items():
+        # float64 rounding, relative to the largest entry (sums of thousands of terms)
+        error = (ours_all[name] - grad).abs().max() / grad.abs().max()
+        worst = max(worst, error.item())
+        assert error <= 1e-10, (name, error.item())
+    print(f'largest gradient error relative to HF: {worst:.1e}')
+
+
+def stage_outputs_with_grad(model, x):
+    """Our stage outputs before the output norms, NCHW, as HF's feature maps are."""
+    outs = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: outs.append(o.permute(0, 3, 1, 2)))
+             for stage in model.stages]
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    return outs
+
+
+def saved_bytes(model, x):
+    """Bytes of distinct storages autograd keeps for the backward of ``model(x)``, parameters
+    aside."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in parameters:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def test_backward_keeps_less_than_plain_autograd(monkeypatch):
+    """Measured: 0.71 of what autograd keeps through the plain ops (GELU's output, the qkv
+    projection and the flush's input are what goes). Bytes, not timings: the same on every
+    machine."""
+    model = randomize_(SwinTransformerV2(arch='tiny', drop_path_rate=0.), seed=0).train()
+    x = torch.randn(1, 3, 128, 192)
+    lean_bytes = saved_bytes(model, x)
+    monkeypatch.setattr(lean, '_records_autograd', lambda *tensors: False)
+    plain_bytes = saved_bytes(model, x)
+    print(f'saved for backward: {lean_bytes / plain_bytes:.2f} of plain autograd')
+    assert lean_bytes <= 0.75 * plain_bytes, (lean_bytes, plain_bytes)
