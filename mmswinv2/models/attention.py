@@ -184,7 +184,7 @@ class WindowAttentionV2(nn.Module):
             scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
             # q and k out of the qkv rows in one copy each, contiguous per head as the product
             # needs them (else it copies them itself and keeps the copies for backward)
-            q, k = (t.to(dtype).contiguous() for t in (q, k))
+            q, k = (_contiguous(t, dtype) for t in (q, k))
             q = scaled_normalize(q, scale)  # the logit scale folded into q
             k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
@@ -224,6 +224,13 @@ class WindowAttentionV2(nn.Module):
             q, k, v.to(q.dtype), attn_mask=bias, scale=1.0,
             dropout_p=self.attn_drop if self.training else 0.0)
         return out.reshape(BnW, heads, N, d).to(v.dtype)
+
+
+def _contiguous(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, contiguous, in one copy (``.to`` keeps a permuted layout unless
+    asked, and asking is ignored when the type does not change)."""
+    return x.to(dtype, memory_format=torch.contiguous_format) if x.dtype != dtype \
+        else x.contiguous()
 
 
 def _logit_dtype(dtype: torch.dtype) -> torch.dtype:

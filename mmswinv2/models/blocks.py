@@ -7,6 +7,7 @@ import torch.utils.checkpoint as checkpoint
 
 from .attention import WindowAttentionV2
 from .lean_autograd import gelu_linear
+from .onednn import linear_gelu
 from .windows import WindowLayout, pad_to_multiple
 
 
@@ -30,9 +31,9 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout, GELU and fc2 run as one
-    :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than keep its
-    output."""
+    """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout: in training GELU and fc2 run
+    as one :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than
+    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu`."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
         super().__init__()
@@ -42,10 +43,11 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
         if self.training and self.drop.p:
-            return self.drop(self.fc2(self.drop(self.act(hidden))))
-        return gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if torch.is_grad_enabled():
+            return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
+        return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
 
 
 class SwinBlockV2(nn.Module):
