@@ -26,12 +26,15 @@ step (forward + backward) with ``with_cp`` at the first size, with the same time
 columns.
 
 ``--suite models``: whole models built from this project's configs with random weights:
-Cascade Mask R-CNN at 800x1333 (one image, padded to 800x1344) and UperNet at 512x2048, each
-with our SwinV2-T and with MMDetection's / MMSegmentation's own Swin V1-T (configs
-``*_swin_v1_tiny_*``, what users would pick instead). ``infer``: ``model.predict`` (test-time
+Cascade Mask R-CNN at 800x1333 (padded to 800x1344) and UperNet at 512x2048, each with our
+SwinV2-T and with MMDetection's / MMSegmentation's own Swin V1-T (configs ``*_swin_v1_tiny_*``,
+what users would pick instead). ``infer``: ``model.predict`` of one image (test-time
 post-processing included); ``train``: ``model.loss`` on generated ground truth and its
-backward (the optimizer step excluded). Images/s, seconds per step, the ratio of SwinV2-T to
-Swin V1-T, and peak memory.
+backward (the optimizer step excluded), for the recipe's per-GPU batch (2) and, for UperNet,
+its 512x512 crop. Images/s, seconds per step and how many of them the forward of the
+backbone and neck took (``extract_feat``; the rest is the heads, and in training the backward),
+the ratio of SwinV2-T to Swin V1-T, and peak memory. Under bf16 a detector's heads run in fp32
+(mmcv's CPU NMS has no bf16 kernel).
 
 Results go to stdout as a Markdown table (and to ``--json``); record them in
 docs/benchmarks.md with the machine.
@@ -179,9 +182,13 @@ WHOLE_MODELS = {
 
 
 def whole_model(name, args):
-    """(model, batched input, forward) of one :data:`WHOLE_MODELS` entry with random weights:
-    one image of the entry's size, padded as the model's data preprocessor pads it; forward
-    predicts (inference) or returns the summed losses on generated ground truth (training)."""
+    """(model, batched input, forward) of one :data:`WHOLE_MODELS` entry with random weights.
+
+    Inference: one image of the entry's size, padded as the model's data preprocessor pads it;
+    forward predicts. Training: the recipe's per-GPU batch (``train_dataloader.batch_size``) of
+    the entry's size, or of the recipe's crop for segmentation; forward returns the summed losses
+    on generated ground truth. Under ``--dtype bf16|fp16`` a detector's backbone and neck run in
+    autocast and its heads in fp32: mmcv's CPU NMS has no bf16 kernel."""
     from mmengine.config import Config
     from mmswinv2.launch import build_model, codebase_of
     path, (h, w) = WHOLE_MODELS[name]
@@ -189,19 +196,45 @@ def whole_model(name, args):
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.drop_path_rate = 0.
     codebase = codebase_of(cfg, path)
+    train = args.mode == 'train'
+    batch = cfg.train_dataloader.batch_size if train else 1
     if codebase == 'mmseg':
         cfg.model.test_cfg = dict(mode='whole')  # the whole 512x2048 image in one forward
+        if train:
+            h, w = cfg.crop_size
     model = build_model(cfg, codebase)
     divisor = cfg.model.data_preprocessor.get('pad_size_divisor', 1) or 1
     padded = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
-    x = torch.randn(1, 3, *padded, device=args.device)
-    sample = _data_sample(codebase, (h, w), padded, args.device)
+    x = torch.randn(batch, 3, *padded, device=args.device)
+    samples = [_data_sample(codebase, (h, w), padded, args.device) for _ in range(batch)]
+    heads_in_autocast = codebase == 'mmseg'
+    model.extract_feat = _timed_features(model.extract_feat, args, not heads_in_autocast)
 
     def forward(model, x):
-        if not model.training:
-            return model.predict(x, [sample])
-        return model.parse_losses(model.loss(x, [sample]))[0]  # the summed losses
+        with torch.autocast(x.device.type, enabled=heads_in_autocast and args.dtype != 'fp32'):
+            if not model.training:
+                return model.predict(x, samples)
+            return model.parse_losses(model.loss(x, samples))[0]  # the summed losses
     return model, x, forward
+
+
+def _timed_features(extract_feat, args, own_autocast):
+    """``extract_feat`` (backbone and neck) that records its duration of each call in
+    ``run.seconds``; with ``own_autocast`` it runs under the benchmark's autocast itself and
+    returns fp32 features."""
+    def run(x):
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=DTYPES[args.dtype],
+                            enabled=own_autocast and args.dtype != 'fp32'):
+            features = extract_feat(x)
+        if own_autocast:
+            features = tuple(f.float() for f in features)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        run.seconds.append(time.perf_counter() - start)
+        return features
+    run.seconds = []
+    return run
 
 
 def _data_sample(codebase, hw, padded, device):
@@ -235,29 +268,32 @@ def _data_sample(codebase, hw, padded, device):
 
 def models_suite(args):
     """Whole detectors / segmentors with SwinV2-T against Swin V1-T (see the module docstring)."""
-    print(f'Whole models, random weights, batch 1, {args.mode}, {args.dtype}, {args.iters} '
+    batch = ("the recipe's training batch (2) and crop" if args.mode == 'train'
+             else 'batch 1')
+    print(f'Whole models, random weights, {batch}, {args.mode}, {args.dtype}, {args.iters} '
           f'iters after {args.warmup} warm-up, each row in its own process; torch '
           f'{torch.__version__}; {_device_name(args)}\n')
-    print('| model | input | images/s | seconds per step | SwinV2-T / Swin V1-T | '
-          'peak memory (GiB) |')
-    print('|---|---|---|---|---|---|')
+    print('| model | input (batch x padded size) | images/s | seconds per step | of which '
+          'backbone + neck (forward) | SwinV2-T / Swin V1-T | peak memory (GiB) |')
+    print('|---|---|---|---|---|---|---|')
     rows = []
-    for name, (_, hw) in WHOLE_MODELS.items():
+    for name in WHOLE_MODELS:
         if args.models and not any(word in name for word in args.models):
             continue
         result = dict(run_row(args, ['--row', name]), model=name)
         rows.append(result)
         if 'error' in result:
-            print(f"| {name} | {hw[0]}x{hw[1]} | failed: {result['error']} | | | |", flush=True)
+            print(f"| {name} | | failed: {result['error']} | | | | |", flush=True)
             continue
+        size = 'x'.join(map(str, result['input_hw']))
         ratio = ''
         if 'V1' in name:
             v2 = next((r for r in rows if r['model'] == name.split(',')[0] + ', SwinV2-T'
                        and 'error' not in r), None)
             ratio = f"{v2['images_per_s'] / result['images_per_s']:.2f}" if v2 else ''
-        print(f"| {name} | {hw[0]}x{hw[1]} | {result['images_per_s']:.3f} | "
-              f"{result['seconds_per_step']:.2f} | {ratio} | {result['peak_gib']:.2f} |",
-              flush=True)
+        print(f"| {name} | {result['batch']} x {size} | {result['images_per_s']:.3f} | "
+              f"{result['seconds_per_step']:.2f} | {result['features_s']:.2f} | {ratio} | "
+              f"{result['peak_gib']:.2f} |", flush=True)
     return dict(rows=rows)
 
 
@@ -268,7 +304,10 @@ def row(args):
     torch.manual_seed(0)
     if args.suite == 'models':
         model, x, forward = whole_model(args.row, args)
-        print(json.dumps(measure(model, x, args, args.mode == 'train', forward=forward)))
+        result = measure(model, x, args, args.mode == 'train', forward=forward)
+        features_s = sum(model.extract_feat.seconds[-args.iters:]) / args.iters  # one per step
+        print(json.dumps(dict(result, batch=x.shape[0], input_hw=list(x.shape[2:]),
+                              features_s=features_s)))
         return
     x = torch.randn(args.batch, 3, *args.hw, device=args.device)
     if args.suite == 'sequential':
