@@ -53,10 +53,12 @@ def test_inductor_compiles_the_backbone_and_matches_eager():
 
 
 def test_compiled_training_gives_eager_gradients():
-    """Through AOTAutograd (backend 'aot_eager'): the lean autograd functions and the shift mask
-    added outside autograd give the same gradients compiled as in eager."""
-    model = randomize_(SwinTransformerV2(arch=SMALL, drop_path_rate=0.), seed=0).train()
-    x = torch.randn(1, 3, 100, 132, generator=torch.Generator().manual_seed(0))
+    """Through AOTAutograd (backend 'aot_eager', which differentiates the plain ops) the same
+    gradients as eager's lean autograd functions, in float64 (in fp32 the two orders of
+    operations round differently); the shift mask added outside autograd traces as well."""
+    model = randomize_(SwinTransformerV2(arch=SMALL, drop_path_rate=0.), seed=0).double().train()
+    x = torch.randn(1, 3, 100, 132, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
 
     def gradients(forward):
         model.zero_grad()
@@ -66,4 +68,20 @@ def test_compiled_training_gives_eager_gradients():
     eager = gradients(model)
     compiled = gradients(torch.compile(model, backend='aot_eager'))
     for name, grad in eager.items():
-        torch.testing.assert_close(compiled[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+        error = (compiled[name] - grad).abs().max() / grad.abs().max()
+        assert error <= 1e-10, (name, error.item())
+
+
+def test_dynamic_shapes_train_through_dynamo():
+    """Training forward and backward traced with ``dynamic=True`` over changing sizes, as
+    multi-scale detection training does (Dynamo in torch 2.13 fails on custom autograd
+    functions with symbolic sizes; while compiling the plain ops run)."""
+    model = randomize_(SwinTransformerV2(arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
+                                         out_indices=(0, 1), drop_path_rate=0.), seed=0).train()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='eager', dynamic=True, fullgraph=True)
+    for hw in ((128, 160), (96, 200)):
+        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(sum(hw)))
+        model.zero_grad()
+        sum(o.square().mean() for o in compiled(x)).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())

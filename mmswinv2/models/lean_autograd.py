@@ -10,9 +10,11 @@ shrink from 2.9 to 1.9 GiB (with q and k copied contiguous in ``attention.py``),
   keeping both the ``(tokens, 4C)`` input and output of GELU;
 * :func:`flush_subnormals` keeps nothing (its gradient is taken as the identity's).
 
-The custom functions run only where autograd records; otherwise (inference, and traced graphs
-such as MMEngine's FLOP counter, which cannot see inside a Python autograd function) the plain
-ops run.
+The custom functions run only where autograd records in eager mode. Elsewhere the plain ops
+run: in inference; in traced graphs such as MMEngine's FLOP counter, which cannot see inside a
+Python autograd function; and while ``torch.compile`` traces, where AOTAutograd splits forward
+and backward itself (Inductor's partitioner recomputes cheap element-wise ops such as GELU)
+and where Dynamo in torch 2.13 fails on these functions with dynamic shapes.
 """
 from typing import Optional
 
@@ -50,7 +52,9 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
 
 
 def _records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether eager autograd records an op on ``tensors`` (see the module docstring)."""
     return (torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
             and any(t is not None and t.requires_grad for t in tensors))
 
 
@@ -65,7 +69,7 @@ def _flush(x):
 
 class _ScaledNormalize(torch.autograd.Function):
     """``y = s * x / max(|x|, eps)``; backward from ``y``, the norm and ``s``:
-    with ``u = y / s``, ``dx = s / |x| * (dy - u (u . dy))`` where ``|x| >= eps`` and
+    with ``u = y / s``, ``dx = s / |x| * (dy - u (u . dy))`` where ``|x| > eps`` and
     ``dx = s / eps * dy`` where the norm was clamped (as for ``F.normalize``);
     ``ds = sum(u . dy)`` over what ``s`` was broadcast across."""
 

@@ -9,9 +9,10 @@ the product while it is still in cache (``torch.ops.mkldnn._linear_pointwise``, 
 in fp32, 1.09x under bf16 autocast; stage outputs within 1e-6 of the plain ops' in fp32,
 relative to their largest value.
 
-Used only where it applies: CPU, no autograd recording (it has no backward), fp32 or (where
-oneDNN has bf16 kernels) bf16, not while ``torch.compile`` traces (Inductor fuses by itself)
-and not in a traced graph (MMEngine's FLOP counter must see the linear layer).
+Used only where it applies: CPU; no autograd recording (it has no backward); fp32 or bf16
+input, run in fp32 or (where oneDNN has bf16 kernels) bf16; not while ``torch.compile`` traces
+(Inductor fuses by itself); not in a traced graph (MMEngine's FLOP counter must see the linear
+layer). Elsewhere the plain ops run.
 """
 from typing import Optional
 
@@ -34,8 +35,9 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The type the fused kernel runs in here, or None where it does not apply."""
     records_autograd = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if (x.device.type != 'cpu' or records_autograd or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or not torch.backends.mkldnn.is_available()):
+    if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
+            or records_autograd or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or not torch.backends.mkldnn.is_available()):
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
     if dtype == torch.float32:
