@@ -87,18 +87,19 @@ def build(name, args, **options):
                              num_classes=0, global_pool='')
 
 
-def measure(model, x, args, train, compile_model=False, forward=None):
+def measure(model, x, args, train, compile_model=False, forward=None, autocast_step=True):
     """images/s, peak memory above what is held before the first call, and the compile time
     (the first call of a compiled model), of ``args.iters`` steps after ``args.warmup``.
     ``forward(model, x)`` returns the tensor a training step backpropagates from (default: a
-    backbone's last output)."""
+    backbone's last output). ``autocast_step=False``: the step is not run under ``--dtype``'s
+    autocast (the model applies it where it can)."""
     model = model.to(args.device)
     model.train(train)
     held = _memory_now(x)
     if compile_model:
         model = torch.compile(model)
     autocast = torch.autocast(device_type=x.device.type, dtype=DTYPES[args.dtype],
-                              enabled=args.dtype != 'fp32')
+                              enabled=autocast_step and args.dtype != 'fp32')
     forward = forward or _last_output
 
     def step():
@@ -182,7 +183,8 @@ WHOLE_MODELS = {
 
 
 def whole_model(name, args):
-    """(model, batched input, forward) of one :data:`WHOLE_MODELS` entry with random weights.
+    """(model, batched input, forward, whether the whole step runs in autocast) of one
+    :data:`WHOLE_MODELS` entry with random weights.
 
     Inference: one image of the entry's size, padded as the model's data preprocessor pads it;
     forward predicts. Training: the recipe's per-GPU batch (``train_dataloader.batch_size``) of
@@ -211,24 +213,24 @@ def whole_model(name, args):
     model.extract_feat = _timed_features(model.extract_feat, args, not heads_in_autocast)
 
     def forward(model, x):
-        with torch.autocast(x.device.type, enabled=heads_in_autocast and args.dtype != 'fp32'):
-            if not model.training:
-                return model.predict(x, samples)
-            return model.parse_losses(model.loss(x, samples))[0]  # the summed losses
-    return model, x, forward
+        if not model.training:
+            return model.predict(x, samples)
+        return model.parse_losses(model.loss(x, samples))[0]  # the summed losses
+    return model, x, forward, heads_in_autocast
 
 
 def _timed_features(extract_feat, args, own_autocast):
     """``extract_feat`` (backbone and neck) that records its duration of each call in
-    ``run.seconds``; with ``own_autocast`` it runs under the benchmark's autocast itself and
+    ``run.seconds``; with ``own_autocast`` it runs under ``--dtype``'s autocast itself and
     returns fp32 features."""
     def run(x):
         start = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=DTYPES[args.dtype],
-                            enabled=own_autocast and args.dtype != 'fp32'):
-            features = extract_feat(x)
         if own_autocast:
-            features = tuple(f.float() for f in features)
+            with torch.autocast(x.device.type, dtype=DTYPES[args.dtype],
+                                enabled=args.dtype != 'fp32'):
+                features = tuple(f.float() for f in extract_feat(x))
+        else:
+            features = extract_feat(x)
         if x.is_cuda:
             torch.cuda.synchronize()
         run.seconds.append(time.perf_counter() - start)
@@ -303,8 +305,9 @@ def row(args):
     """Measure one model (``--row NAME``) and print the result as JSON (the child process)."""
     torch.manual_seed(0)
     if args.suite == 'models':
-        model, x, forward = whole_model(args.row, args)
-        result = measure(model, x, args, args.mode == 'train', forward=forward)
+        model, x, forward, autocast_step = whole_model(args.row, args)
+        result = measure(model, x, args, args.mode == 'train', forward=forward,
+                         autocast_step=autocast_step)
         features_s = sum(model.extract_feat.seconds[-args.iters:]) / args.iters  # one per step
         print(json.dumps(dict(result, batch=x.shape[0], input_hw=list(x.shape[2:]),
                               features_s=features_s)))
