@@ -76,14 +76,14 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def capture_outputs(modules, run, extract=lambda output: output):
-    """Call ``run()`` without gradients; return ``extract(output)`` of every call of each of
-    ``modules`` (in call order) and what ``run`` returned."""
+def capture_outputs(modules, run, extract=lambda output: output, grad=False):
+    """Call ``run()`` (without gradients unless ``grad``); return ``extract(output)`` of every
+    call of each of ``modules`` (in call order) and what ``run`` returned."""
     captured = []
     hooks = [m.register_forward_hook(lambda module, inputs, output:
                                      captured.append(extract(output))) for m in modules]
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             result = run()
     finally:
         for h in hooks:
@@ -91,10 +91,22 @@ def capture_outputs(modules, run, extract=lambda output: output):
     return captured, result
 
 
-def raw_stage_outputs(model: nn.Module, x: torch.Tensor):
+def loss_and_grads(model: nn.Module, x: torch.Tensor, forward=None):
+    """Backpropagate the sum over outputs of ``mean(output ** 2)`` of ``forward(x)`` (default
+    ``model(x)``); return the loss and the gradient of each parameter of ``model`` that got
+    one."""
+    model.zero_grad()
+    loss = sum(o.square().mean() for o in (model if forward is None else forward)(x))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None}
+
+
+def raw_stage_outputs(model: nn.Module, x: torch.Tensor, grad: bool = False):
     """Run an mmswinv2 backbone; return its stage outputs before the output norms (NCHW) and its
     normal (normalised) outputs."""
-    return capture_outputs(model.stages, lambda: model(x), lambda o: o.permute(0, 3, 1, 2))
+    return capture_outputs(model.stages, lambda: model(x), lambda o: o.permute(0, 3, 1, 2),
+                           grad)
 
 
 def load_tool(path: str):

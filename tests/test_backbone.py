@@ -9,7 +9,7 @@ from mmswinv2 import SwinTransformerV2
 from mmswinv2.models.blocks import DropPath
 from mmswinv2.models.windows import window_and_shift
 
-from helpers import randomize_
+from helpers import loss_and_grads, randomize_
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -53,17 +53,9 @@ def test_window_and_shift_policy(feature_hw, shifted, expected):
     assert window_and_shift(feature_hw, 8, shifted) == expected
 
 
-def _loss_and_grads(model, x):
-    model.zero_grad()
-    loss = sum(o.square().mean() for o in model(x))
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                           if p.grad is not None}
-
-
 def test_backward_reaches_every_parameter():
     model = randomize_(SwinTransformerV2(arch=SMALL), seed=0).train()
-    loss, grads = _loss_and_grads(model, torch.randn(2, 3, 70, 90))
+    loss, grads = loss_and_grads(model, torch.randn(2, 3, 70, 90))
     assert torch.isfinite(loss)
     params = dict(model.named_parameters())
     assert set(grads) == set(params)
@@ -77,7 +69,7 @@ def test_with_cp_gives_same_loss_and_gradients():
         model = SwinTransformerV2(arch=SMALL, with_cp=with_cp, drop_path_rate=0.3)
         randomize_(model, seed=0).train()
         torch.manual_seed(123)  # same drop-path draws; checkpointing must replay them
-        results.append(_loss_and_grads(model, x))
+        results.append(loss_and_grads(model, x))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
     assert grads_a.keys() == grads_b.keys()
@@ -90,7 +82,7 @@ def test_with_cp_gives_same_loss_and_gradients():
 def test_frozen_stages_have_no_gradients_and_stay_in_eval(frozen_stages):
     model = randomize_(SwinTransformerV2(arch=SMALL, frozen_stages=frozen_stages), seed=0)
     model.train()
-    _, grads = _loss_and_grads(model, torch.randn(1, 3, 64, 64))
+    _, grads = loss_and_grads(model, torch.randn(1, 3, 64, 64))
     frozen = [model.patch_embed] + [model.stages[i] for i in range(frozen_stages)] + \
              [getattr(model, f'norm{i}') for i in range(frozen_stages)]
     frozen_ids = {id(p) for m in frozen for p in m.parameters()}
@@ -177,8 +169,8 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
     chunked = build(attn_chunk_windows=chunk, with_cp=with_cp).train()
     chunked.load_state_dict(whole.state_dict())
     x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
-    loss_a, grads_a = _loss_and_grads(whole, x)
-    loss_b, grads_b = _loss_and_grads(chunked, x)
+    loss_a, grads_a = loss_and_grads(whole, x)
+    loss_b, grads_b = loss_and_grads(chunked, x)
     assert abs(loss_a - loss_b) <= 1e-6 * max(1.0, abs(loss_a))
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6,

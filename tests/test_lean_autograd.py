@@ -10,7 +10,7 @@ import mmswinv2.models.lean_autograd as lean
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import convert_state_dict
 
-from helpers import randomize_
+from helpers import randomize_, raw_stage_outputs
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -102,7 +102,8 @@ def test_backbone_gradients_match_hf():
         return grads[0], {n: g for n, g in zip(params, grads[1:]) if g is not None}
 
     hf_input_grad, hf_grads = loss_and_grads(hf, lambda m, xi: list(m(xi).feature_maps))
-    our_input_grad, our_grads = loss_and_grads(ours, stage_outputs_with_grad)
+    our_input_grad, our_grads = loss_and_grads(
+        ours, lambda m, xi: raw_stage_outputs(m, xi, grad=True)[0])
     expected = dict(convert_state_dict(hf_grads, 'hf'), input=hf_input_grad)
     ours_all = dict(our_grads, input=our_input_grad)
     assert set(expected) == set(ours_all)  # all but our output norms, which HF lacks
@@ -113,17 +114,6 @@ def test_backbone_gradients_match_hf():
         worst = max(worst, error.item())
         assert error <= 1e-10, (name, error.item())
     print(f'largest gradient error relative to HF: {worst:.1e}')
-
-
-def stage_outputs_with_grad(model, x):
-    """Our stage outputs before the output norms, NCHW, as HF's feature maps are."""
-    outs = []
-    hooks = [stage.register_forward_hook(lambda m, i, o: outs.append(o.permute(0, 3, 1, 2)))
-             for stage in model.stages]
-    model(x)
-    for hook in hooks:
-        hook.remove()
-    return outs
 
 
 def saved_bytes(model, x):

@@ -51,11 +51,20 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
     return _flush(x)
 
 
+def records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records an op on ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def traced() -> bool:
+    """Whether a graph is being traced (``torch.compile`` or ``torch.jit.trace``): custom
+    kernels and autograd functions give way to the plain ops there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether eager autograd records an op on ``tensors`` (see the module docstring)."""
-    return (torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and any(t is not None and t.requires_grad for t in tensors))
+    return records_autograd(*tensors) and not traced()
 
 
 def _scaled_normalize(x, scale):

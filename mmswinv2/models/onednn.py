@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .lean_autograd import records_autograd, traced
+
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -34,9 +36,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The type the fused kernel runs in here, or None where it does not apply."""
-    records_autograd = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
-            or records_autograd or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or records_autograd(x, weight) or traced()
             or not torch.backends.mkldnn.is_available()):
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
