@@ -2,7 +2,8 @@
 
     python tools/benchmark.py [--device cpu|cuda] [--batch 8] [--size 256 [W]] [--window 8]
                               [--arch tiny] [--mode infer|train] [--dtype fp32|fp16|bf16]
-                              [--compile] [--iters 10] [--warmup 3] [--threads N] [--json F]
+                              [--compile] [--iters 10] [--warmup 3] [--rounds 1]
+                              [--threads N] [--json F]
     python tools/benchmark.py --suite sequential [--sizes 1536 2048] [--window 16]
                               [--chunk 64] [--threads N]
     python tools/benchmark.py --suite models [--mode infer|train] [--dtype fp32|bf16]
@@ -16,7 +17,10 @@ runs in its own process, one after another, on the same input: images/s, the rat
 of HF and timm, and the peak memory above what the model and input held (CPU: the process's
 peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
 ``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
-(the first call). Below the table: the rate of a large matrix product in the same type,
+(the first call, with an empty Inductor cache) and its speed-up over the same model in eager
+mode. ``--rounds R`` runs every row R times, round-robin, and reports the median run with the
+range: a 2-core cloud machine drifts by 10-20 % between minutes, as much as the
+implementations differ. Below the table: the rate of a large matrix product in the same type,
 measured in the same run, and the fraction of it our default row achieves (2 x the multiply-
 accumulates MMEngine counts for the backbone, per second).
 
@@ -29,12 +33,14 @@ columns.
 Cascade Mask R-CNN at 800x1333 (padded to 800x1344) and UperNet at 512x2048, each with our
 SwinV2-T and with MMDetection's / MMSegmentation's own Swin V1-T (configs ``*_swin_v1_tiny_*``,
 what users would pick instead). ``infer``: ``model.predict`` of one image (test-time
-post-processing included); ``train``: ``model.loss`` on generated ground truth and its
-backward (the optimizer step excluded), for the recipe's per-GPU batch (2) and, for UperNet,
-its 512x512 crop. Images/s, seconds per step and how many of them the forward of the
-backbone and neck took (``extract_feat``; the rest is the heads, and in training the backward),
-the ratio of SwinV2-T to Swin V1-T, and peak memory. Under bf16 a detector's heads run in fp32
-(mmcv's CPU NMS has no bf16 kernel).
+post-processing included; a detector keeps its 100 best detections whatever their score, so
+that both backbones give its heads the same work); ``train``: ``model.loss`` on generated
+ground truth and its backward (the optimizer step excluded), for the recipe's per-GPU batch
+(2) and, for UperNet, its 512x512 crop. Images/s, seconds per step and how many of them the
+forward of the backbone and neck took (``extract_feat``; the rest is the heads, and in
+training the backward), a detector's number of detections, the ratio of SwinV2-T to Swin
+V1-T, and peak memory. Under bf16 a detector's heads run in fp32 (mmcv's CPU NMS has no bf16
+kernel).
 
 Results go to stdout as a Markdown table (and to ``--json``); record them in
 docs/benchmarks.md with the machine.
@@ -45,6 +51,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -187,10 +194,14 @@ def whole_model(name, args):
     :data:`WHOLE_MODELS` entry with random weights.
 
     Inference: one image of the entry's size, padded as the model's data preprocessor pads it;
-    forward predicts. Training: the recipe's per-GPU batch (``train_dataloader.batch_size``) of
-    the entry's size, or of the recipe's crop for segmentation; forward returns the summed losses
-    on generated ground truth. Under ``--dtype bf16|fp16`` a detector's backbone and neck run in
-    autocast and its heads in fp32: mmcv's CPU NMS has no bf16 kernel."""
+    forward predicts. A detector keeps its ``max_per_img`` (100) best detections whatever their
+    score, the most its recipe lets it return: with random weights the score threshold keeps
+    a number that depends on the backbone's random features (49 against 0 seen), and with it
+    the mask head's work. Training: the recipe's per-GPU batch
+    (``train_dataloader.batch_size``) of the entry's size, or of the recipe's crop for
+    segmentation; forward returns the summed losses on generated ground truth. Under ``--dtype
+    bf16|fp16`` a detector's backbone and neck run in autocast and its heads in fp32: mmcv's
+    CPU NMS has no bf16 kernel."""
     from mmengine.config import Config
     from mmswinv2.launch import build_model, codebase_of
     path, (h, w) = WHOLE_MODELS[name]
@@ -204,6 +215,8 @@ def whole_model(name, args):
         cfg.model.test_cfg = dict(mode='whole')  # the whole 512x2048 image in one forward
         if train:
             h, w = cfg.crop_size
+    else:
+        cfg.model.test_cfg.rcnn.score_thr = 0.
     model = build_model(cfg, codebase)
     divisor = cfg.model.data_preprocessor.get('pad_size_divisor', 1) or 1
     padded = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
@@ -213,9 +226,13 @@ def whole_model(name, args):
     model.extract_feat = _timed_features(model.extract_feat, args, not heads_in_autocast)
 
     def forward(model, x):
-        if not model.training:
-            return model.predict(x, samples)
-        return model.parse_losses(model.loss(x, samples))[0]  # the summed losses
+        if model.training:
+            return model.parse_losses(model.loss(x, samples))[0]  # the summed losses
+        results = model.predict(x, samples)
+        if codebase == 'mmdet':
+            forward.detections = len(results[0].pred_instances)
+        return results
+    forward.detections = None
     return model, x, forward, heads_in_autocast
 
 
@@ -272,20 +289,21 @@ def models_suite(args):
     """Whole detectors / segmentors with SwinV2-T against Swin V1-T (see the module docstring)."""
     batch = ("the recipe's training batch (2) and crop" if args.mode == 'train'
              else 'batch 1')
+    rounds = f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
     print(f'Whole models, random weights, {batch}, {args.mode}, {args.dtype}, {args.iters} '
-          f'iters after {args.warmup} warm-up, each row in its own process; torch '
+          f'iters after {args.warmup} warm-up, each row in its own process{rounds}; torch '
           f'{torch.__version__}; {_device_name(args)}\n')
     print('| model | input (batch x padded size) | images/s | seconds per step | of which '
-          'backbone + neck (forward) | SwinV2-T / Swin V1-T | peak memory (GiB) |')
-    print('|---|---|---|---|---|---|---|')
-    rows = []
-    for name in WHOLE_MODELS:
-        if args.models and not any(word in name for word in args.models):
-            continue
-        result = dict(run_row(args, ['--row', name]), model=name)
-        rows.append(result)
+          'backbone + neck (forward) | detections | SwinV2-T / Swin V1-T | peak memory (GiB) |')
+    print('|---|---|---|---|---|---|---|---|')
+    names = [name for name in WHOLE_MODELS
+             if not args.models or any(word in name for word in args.models)]
+    rows = [dict(result, model=name)
+            for name, result in zip(names, run_rounds(args, [['--row', name] for name in names]))]
+    for result in rows:
+        name = result['model']
         if 'error' in result:
-            print(f"| {name} | | failed: {result['error']} | | | | |", flush=True)
+            print(f"| {name} | | failed: {result['error']} | | | | | |", flush=True)
             continue
         size = 'x'.join(map(str, result['input_hw']))
         ratio = ''
@@ -293,8 +311,9 @@ def models_suite(args):
             v2 = next((r for r in rows if r['model'] == name.split(',')[0] + ', SwinV2-T'
                        and 'error' not in r), None)
             ratio = f"{v2['images_per_s'] / result['images_per_s']:.2f}" if v2 else ''
-        print(f"| {name} | {result['batch']} x {size} | {result['images_per_s']:.3f} | "
-              f"{result['seconds_per_step']:.2f} | {result['features_s']:.2f} | {ratio} | "
+        print(f"| {name} | {result['batch']} x {size} | {_speed(result, 3)} | "
+              f"{result['seconds_per_step']:.2f} | {result['features_s']:.2f} | "
+              f"{result['detections'] if result['detections'] is not None else ''} | {ratio} | "
               f"{result['peak_gib']:.2f} |", flush=True)
     return dict(rows=rows)
 
@@ -310,7 +329,7 @@ def row(args):
                          autocast_step=autocast_step)
         features_s = sum(model.extract_feat.seconds[-args.iters:]) / args.iters  # one per step
         print(json.dumps(dict(result, batch=x.shape[0], input_hw=list(x.shape[2:]),
-                              features_s=features_s)))
+                              features_s=features_s, detections=forward.detections)))
         return
     x = torch.randn(args.batch, 3, *args.hw, device=args.device)
     if args.suite == 'sequential':
@@ -323,9 +342,12 @@ def row(args):
 
 
 def run_row(args, extra):
-    """Run one row in a fresh process; the parsed JSON, or ``dict(error=...)``."""
+    """Run one row in a fresh process; the parsed JSON, or ``dict(error=...)``. A compiled row
+    gets an empty Inductor cache, so that its compile time is a compile's, not a cache hit's."""
     command = [sys.executable, __file__, *args.argv, *extra]
-    done = subprocess.run(command, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix='inductor-cache-') as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache) if '--compiled' in extra else None
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ['failed'])[-1]
         return dict(error=last)
@@ -335,20 +357,20 @@ def run_row(args, extra):
 # ---- suites -------------------------------------------------------------------------------
 
 def backbones_suite(args):
-    rows = []
+    rounds = f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
     print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
           f'{args.batch}, {args.mode}, {args.dtype}, {args.iters} iters after {args.warmup} '
-          f'warm-up, each row in its own process; torch {torch.__version__}; '
+          f'warm-up, each row in its own process{rounds}; torch {torch.__version__}; '
           f'{_device_name(args)}\n')
     print('| model | images/s | ratio to the faster of HF and timm | compile (s) | '
-          'peak memory (GiB) |')
-    print('|---|---|---|---|---|')
-    for compiled in ([False, True] if args.compile else [False]):
-        for name in MODELS:
-            if args.models and not any(word in name for word in args.models):
-                continue
-            result = run_row(args, ['--row', name] + (['--compiled'] if compiled else []))
-            rows.append(dict(result, model=name, compiled=compiled))
+          'compiled / eager | peak memory (GiB) |')
+    print('|---|---|---|---|---|---|')
+    wanted = [(name, compiled) for compiled in ([False, True] if args.compile else [False])
+              for name in MODELS if not args.models or any(word in name for word in args.models)]
+    results = run_rounds(args, [['--row', name] + (['--compiled'] if compiled else [])
+                                for name, compiled in wanted])
+    rows = [dict(result, model=name, compiled=compiled)
+            for (name, compiled), result in zip(wanted, results)]
     for compiled in ([False, True] if args.compile else [False]):
         speeds = [r['images_per_s'] for r in rows if r['model'] in REFERENCES
                   and r['compiled'] == compiled and 'error' not in r]
@@ -358,11 +380,18 @@ def backbones_suite(args):
                 continue
             name = r['model'] + (', compiled' if compiled else '')
             if 'error' in r:
-                print(f"| {name} | skipped: {r['error']} | | | |")
+                print(f"| {name} | skipped: {r['error']} | | | | |")
                 continue
             ratio = f"{r['images_per_s'] / reference:.2f}" if reference else 'n/a'
-            compile_s = f"{r['compile_s']:.0f}" if r['compile_s'] is not None else ''
-            print(f"| {name} | {r['images_per_s']:.2f} | {ratio} | {compile_s} | "
+            compile_s = speed_up = ''
+            if compiled:
+                compile_s = f"{r['compile_s']:.0f}"
+                eager = next((e for e in rows if e['model'] == r['model'] and not e['compiled']
+                              and 'error' not in e), None)
+                if eager is not None:
+                    r['speed_up'] = r['images_per_s'] / eager['images_per_s']
+                    speed_up = f"{r['speed_up']:.2f}"
+            print(f"| {name} | {_speed(r, 2)} | {ratio} | {compile_s} | {speed_up} | "
                   f"{r['peak_gib']:.2f} |", flush=True)
     rate = matmul_rate(args)
     ours = next((r for r in rows if r['model'] == OURS and not r['compiled'] and 'error' not in r),
@@ -377,6 +406,35 @@ def backbones_suite(args):
               f'{macs / 1e9:.2f} GMACs per image (MMEngine), {achieved:.0f} GFLOP/s '
               f'({achieved / rate:.0%} of the matrix product rate)')
     return dict(rows=rows, **summary)
+
+
+def run_rounds(args, rows):
+    """Each row of ``rows`` (a child's extra arguments) run ``args.rounds`` times, round-robin
+    so that a slow spell of the machine hits every row, each run in its own process: the
+    median run of each row."""
+    runs = [[] for _ in rows]
+    for _ in range(args.rounds):
+        for extra, results in zip(rows, runs):
+            results.append(run_row(args, extra))
+    return [_median_run(results) for results in runs]
+
+
+def _speed(result, digits):
+    """images/s, with the range over the rounds when there were several."""
+    runs = result['runs_images_per_s']
+    spread = f' ({min(runs):.{digits}f}-{max(runs):.{digits}f})' if len(runs) > 1 else ''
+    return f"{result['images_per_s']:.{digits}f}{spread}"
+
+
+def _median_run(results):
+    """The run with the median images/s (the lower middle one of an even count), with every
+    run's images/s in ``runs_images_per_s``; the first error if any run failed."""
+    failed = [r for r in results if 'error' in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(results, key=lambda r: r['images_per_s'])
+    return dict(ordered[(len(ordered) - 1) // 2],
+                runs_images_per_s=[r['images_per_s'] for r in results])
 
 
 def sequential_suite(args):
@@ -427,6 +485,9 @@ def parse_args(argv=None):
     parser.add_argument('--models', nargs='+', metavar='WORD',
                         help='only the rows whose name contains one of these words '
                              '(e.g. mmswinv2 HF)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='run every row this many times, round-robin, and report the '
+                             'median run')
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch)')
@@ -438,7 +499,8 @@ def parse_args(argv=None):
     parser.add_argument('--row', help=argparse.SUPPRESS)  # one row, in a child process
     parser.add_argument('--compiled', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = _without(argv if argv is not None else sys.argv[1:], '--compile', '--models')
+    args.argv = _without(argv if argv is not None else sys.argv[1:], '--compile', '--models',
+                         '--rounds')
     args.hw = (args.size[0], args.size[-1])
     if args.window is None:
         args.window = 8 if args.suite == 'backbones' else 16
