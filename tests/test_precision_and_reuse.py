@@ -141,3 +141,21 @@ def test_no_subnormal_floats_reach_the_output_projection(monkeypatch):
     assert subnormals() == 0
     monkeypatch.setattr(attention, 'flush_subnormals', lambda t: t)
     assert subnormals() > 0  # what the flush removes
+
+
+def test_softmax_writes_over_the_logits_only_where_autograd_does_not_record():
+    logits = torch.randn(6, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 30
+    expected = logits.softmax(dim=-1)
+    with torch.no_grad():
+        given = logits.clone()
+        weights = attention._softmax(given)
+    assert weights.data_ptr() == given.data_ptr()  # in place: no fresh tensor
+    assert torch.equal(weights, expected)
+    recorded = logits.clone().requires_grad_()
+    weights = attention._softmax(recorded)
+    assert weights.data_ptr() != recorded.data_ptr() and weights.grad_fn is not None
+    assert torch.equal(weights, expected)
+    weights.pow(2).sum().backward()  # the logits are still those autograd saw
+    plain = logits.clone().requires_grad_()
+    plain.softmax(dim=-1).pow(2).sum().backward()
+    assert torch.equal(recorded.grad, plain.grad)
