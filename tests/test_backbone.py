@@ -177,6 +177,42 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
                                    msg=name)
 
 
+@pytest.mark.parametrize('piece_bytes', [1, 200_000, 400_000, 1_000_000])
+def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
+    """CPU inference attends windows (and runs the MLP) in pieces of about PIECE_BYTES. Stage 1
+    here has 2 images of 6 x 7 windows of 19 kB each; its shifted block attends one row of
+    windows of one image per piece (1 byte and 200 kB), three rows (400 kB) or one whole
+    image (1 MB); unshifted blocks any number of windows. Against one piece: attention in
+    pieces is exact (each window's products are the same); the MLP's products over fewer
+    tokens may round differently."""
+    import mmswinv2.models.attention as attention
+    import mmswinv2.models.blocks as blocks
+    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
+                       seed=0).eval()
+    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
+    calls = []
+    monkeypatch.setattr(attention.WindowAttentionV2, '_attend', record_calls(
+        attention.WindowAttentionV2._attend, calls))
+    with torch.no_grad():
+        whole = model(x)
+        assert len(calls) == 8  # 8 blocks, one piece each
+        monkeypatch.setattr(attention, 'PIECE_BYTES', piece_bytes)
+        attention_pieces = model(x)
+        assert len(calls) > 2 * 8  # some blocks attended in more than one piece
+        monkeypatch.setattr(blocks, 'PIECE_BYTES', piece_bytes)
+        all_pieces = model(x)
+    for a, b, c in zip(whole, attention_pieces, all_pieces, strict=True):
+        assert torch.equal(b, a)
+        torch.testing.assert_close(c, a, rtol=0, atol=1e-5 * a.abs().max().item())
+
+
+def record_calls(function, calls):
+    def recorded(*args, **kwargs):
+        calls.append(args[1].shape[0])  # the windows of this call
+        return function(*args, **kwargs)
+    return recorded
+
+
 def official_window_partition(x, window):
     """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, the official ``window_partition``."""
     B, H, W, C = x.shape
@@ -254,6 +290,11 @@ def test_compact_shift_mask_is_the_official_mask(padded_hw, window, shift):
     expected = (logits.view(2, nW, 3, N, N) + official.unsqueeze(1)).flatten(0, 1)
     assert torch.equal(mask.add_to(logits.clone()), expected)
     assert torch.equal(mask.windows(nW - 1, nW + 2), official[[nW - 1, 0, 1]])
+    gw = grid[1]
+    for r0, r1 in {(0, 1), (0, grid[0]), (grid[0] - 1, grid[0]), (max(0, grid[0] - 2), grid[0])}:
+        rows = logits[nW + r0 * gw:nW + r1 * gw]  # rows r0 .. r1 - 1 of the second image
+        assert torch.equal(mask.add_to(rows.clone(), (r0, r1)),
+                           expected[nW + r0 * gw:nW + r1 * gw])
 
 
 def test_pretrained_windows_travel_in_the_models_own_state_dict(tmp_path):

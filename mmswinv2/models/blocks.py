@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
-from .attention import WindowAttentionV2
-from .lean_autograd import gelu_linear
+from .attention import PIECE_BYTES, WindowAttentionV2
+from .lean_autograd import gelu_linear, traced
 from .onednn import linear_gelu
 from .windows import WindowLayout, pad_to_multiple
 
@@ -33,7 +33,8 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout: in training GELU and fc2 run
     as one :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than
-    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu`."""
+    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu`, on
+    pieces of the tokens with about ``PIECE_BYTES`` of hidden activation each."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
         super().__init__()
@@ -47,7 +48,15 @@ class Mlp(nn.Module):
             return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         if torch.is_grad_enabled():
             return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
-        return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
+        tokens = x.reshape(-1, x.shape[-1])
+        step = max(1, PIECE_BYTES // (4 * self.fc1.out_features))
+        if x.device.type != 'cpu' or traced() or tokens.shape[0] <= step:
+            return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
+        # CPU inference: the (tokens, hidden) activation in pieces the allocator serves from
+        # memory it keeps, rather than faulted in afresh (see WindowAttentionV2._inference_pieces)
+        out = torch.cat([self.fc2(linear_gelu(piece, self.fc1.weight, self.fc1.bias))
+                         for piece in tokens.split(step)])
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class SwinBlockV2(nn.Module):

@@ -5,7 +5,7 @@ because a feature map smaller than the window along one axis clips the window on
 (see :func:`window_and_shift`).
 """
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -164,9 +164,10 @@ class ShiftMask:
         kinds = uncached_when_compiling(_window_kinds)
         return kinds(self.grid, self.shift, str(self.patterns.device))
 
-    def add_to(self, logits: torch.Tensor) -> torch.Tensor:
+    def add_to(self, logits: torch.Tensor, rows: Optional[Size2] = None) -> torch.Tensor:
         """Add the mask in place to ``(B * nW, heads, N, N)`` logits, touching only the windows
-        of the last row and column; returns ``logits``.
+        of the last row and column; returns ``logits``. ``rows=(r0, r1)``: the logits are those
+        of window rows ``r0 .. r1 - 1`` of one image only (``(r1 - r0) * grid_w`` windows).
 
         Outside autograd: the mask is a constant, so the logits' gradient passes through
         unchanged, and recording in-place updates of slices would make backward copy the whole
@@ -174,17 +175,19 @@ class ShiftMask:
         The logits must not be needed by the backward of what made them (a product's output
         is not)."""
         gh, gw = self.grid
-        grid = logits.view(-1, gh, gw, *logits.shape[1:])
+        r0, r1 = rows if rows is not None else (0, gh)
+        grid = logits.view(-1, r1 - r0, gw, *logits.shape[1:])
         row, column, corner = (p.unsqueeze(0) for p in self.patterns[1:])  # (1, N, N)
+        last_row = self.shift[0] and r1 == gh  # the rows hold the image's last row
         with torch.no_grad():
-            if self.shift[0] and self.shift[1]:
+            if self.shift[1]:
+                last_column = grid[:, :-1, -1] if last_row else grid[:, :, -1]
+                last_column += column
+            if last_row and self.shift[1]:
                 grid[:, -1, :-1] += row
-                grid[:, :-1, -1] += column
                 grid[:, -1, -1] += corner
-            elif self.shift[0]:
+            elif last_row:
                 grid[:, -1] += row
-            elif self.shift[1]:
-                grid[:, :, -1] += column
         return logits
 
     def windows(self, start: int, stop: int) -> torch.Tensor:
