@@ -289,15 +289,13 @@ def models_suite(args):
     """Whole detectors / segmentors with SwinV2-T against Swin V1-T (see the module docstring)."""
     batch = ("the recipe's training batch (2) and crop" if args.mode == 'train'
              else 'batch 1')
-    rounds = f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
     print(f'Whole models, random weights, {batch}, {args.mode}, {args.dtype}, {args.iters} '
-          f'iters after {args.warmup} warm-up, each row in its own process{rounds}; torch '
+          f'iters after {args.warmup} warm-up, each row in its own process{_rounds(args)}; torch '
           f'{torch.__version__}; {_device_name(args)}\n')
     print('| model | input (batch x padded size) | images/s | seconds per step | of which '
           'backbone + neck (forward) | detections | SwinV2-T / Swin V1-T | peak memory (GiB) |')
     print('|---|---|---|---|---|---|---|---|')
-    names = [name for name in WHOLE_MODELS
-             if not args.models or any(word in name for word in args.models)]
+    names = [name for name in WHOLE_MODELS if _selected(args, name)]
     rows = [dict(result, model=name)
             for name, result in zip(names, run_rounds(args, [['--row', name] for name in names]))]
     for result in rows:
@@ -357,16 +355,15 @@ def run_row(args, extra):
 # ---- suites -------------------------------------------------------------------------------
 
 def backbones_suite(args):
-    rounds = f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
     print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
           f'{args.batch}, {args.mode}, {args.dtype}, {args.iters} iters after {args.warmup} '
-          f'warm-up, each row in its own process{rounds}; torch {torch.__version__}; '
+          f'warm-up, each row in its own process{_rounds(args)}; torch {torch.__version__}; '
           f'{_device_name(args)}\n')
     print('| model | images/s | ratio to the faster of HF and timm | compile (s) | '
           'compiled / eager | peak memory (GiB) |')
     print('|---|---|---|---|---|---|')
     wanted = [(name, compiled) for compiled in ([False, True] if args.compile else [False])
-              for name in MODELS if not args.models or any(word in name for word in args.models)]
+              for name in MODELS if _selected(args, name)]
     results = run_rounds(args, [['--row', name] + (['--compiled'] if compiled else [])
                                 for name, compiled in wanted])
     rows = [dict(result, model=name, compiled=compiled)
@@ -406,6 +403,16 @@ def backbones_suite(args):
               f'{macs / 1e9:.2f} GMACs per image (MMEngine), {achieved:.0f} GFLOP/s '
               f'({achieved / rate:.0%} of the matrix product rate)')
     return dict(rows=rows, **summary)
+
+
+def _selected(args, name):
+    """Whether ``--models`` selects the row ``name``."""
+    return not args.models or any(word in name for word in args.models)
+
+
+def _rounds(args):
+    """The title's note on ``--rounds``."""
+    return f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
 
 
 def run_rounds(args, rows):

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .lean_autograd import flush_subnormals, records_autograd, scaled_normalize, traced
+from .lean_autograd import (eager_cpu_inference, flush_subnormals, records_autograd,
+                            scaled_normalize, traced)
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
 
@@ -161,19 +162,16 @@ class WindowAttentionV2(nn.Module):
         fp32 1.10x. A shifted block's pieces are whole images, or whole rows of windows of
         one image, so that the compact mask applies to each."""
         BnW, N, C = x.shape
-        if (x.device.type != 'cpu' or self.fused is True or records_autograd(x, self.qkv.weight)
-                or traced()):
+        if self.fused is True or not eager_cpu_inference(x, self.qkv.weight):
             return [(0, BnW, None)]
         per_window = N * (3 * C + self.num_heads * N) * 4  # qkv and fp32 logits, bytes
         windows = max(1, PIECE_BYTES // per_window)
         if BnW <= windows:
             return [(0, BnW, None)]
-        if mask is None:
-            return [(start, min(start + windows, BnW), None) for start in range(0, BnW, windows)]
-        nW, (gh, gw) = mask.num_windows, mask.grid
-        if windows >= nW:  # whole images
-            step = windows // nW * nW
+        if mask is None or windows >= mask.num_windows:  # any windows, or whole images
+            step = windows if mask is None else windows // mask.num_windows * mask.num_windows
             return [(start, min(start + step, BnW), None) for start in range(0, BnW, step)]
+        nW, (gh, gw) = mask.num_windows, mask.grid
         step = max(1, windows // gw)  # rows of windows of one image
         return [(image + r0 * gw, image + min(r0 + step, gh) * gw, (r0, min(r0 + step, gh)))
                 for image in range(0, BnW, nW) for r0 in range(0, gh, step)]

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
 from .attention import PIECE_BYTES, WindowAttentionV2
-from .lean_autograd import gelu_linear, traced
+from .lean_autograd import eager_cpu_inference, gelu_linear
 from .onednn import linear_gelu
 from .windows import WindowLayout, pad_to_multiple
 
@@ -50,7 +50,7 @@ class Mlp(nn.Module):
             return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
         tokens = x.reshape(-1, x.shape[-1])
         step = max(1, PIECE_BYTES // (4 * self.fc1.out_features))
-        if x.device.type != 'cpu' or traced() or tokens.shape[0] <= step:
+        if not eager_cpu_inference(x) or tokens.shape[0] <= step:
             return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
         # CPU inference: the (tokens, hidden) activation in pieces the allocator serves from
         # memory it keeps, rather than faulted in afresh (see WindowAttentionV2._inference_pieces)

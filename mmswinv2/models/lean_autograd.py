@@ -62,6 +62,13 @@ def traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+def eager_cpu_inference(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether ops on ``tensors`` run eagerly on the CPU with no autograd recording: where
+    CPU-only inference kernels and the inference pieces of ``attention.py`` apply."""
+    return (tensors[0].device.type == 'cpu' and not records_autograd(*tensors)
+            and not traced())
+
+
 def _records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether eager autograd records an op on ``tensors`` (see the module docstring)."""
     return records_autograd(*tensors) and not traced()

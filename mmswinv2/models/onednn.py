@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .lean_autograd import records_autograd, traced
+from .lean_autograd import eager_cpu_inference
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
@@ -36,8 +36,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The type the fused kernel runs in here, or None where it does not apply."""
-    if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16)
-            or records_autograd(x, weight) or traced()
+    if (not eager_cpu_inference(x, weight) or x.dtype not in (torch.float32, torch.bfloat16)
             or not torch.backends.mkldnn.is_available()):
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
