@@ -184,7 +184,9 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     windows of one image per piece (1 byte and 200 kB), three rows (400 kB) or one whole
     image (1 MB); unshifted blocks any number of windows. Against one piece: attention in
     pieces is exact (each window's products are the same); the MLP's products over fewer
-    tokens may round differently."""
+    tokens may round differently. All of them also against the order of operations autograd
+    records (each block's norms and residual adds on the whole map, in map order; inference
+    runs them on each piece as it is made, the attention's in window order)."""
     import mmswinv2.models.attention as attention
     import mmswinv2.models.blocks as blocks
     model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
@@ -201,9 +203,12 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
         assert len(calls) > 2 * 8  # some blocks attended in more than one piece
         monkeypatch.setattr(blocks, 'PIECE_BYTES', piece_bytes)
         all_pieces = model(x)
-    for a, b, c in zip(whole, attention_pieces, all_pieces, strict=True):
+    with torch.enable_grad():
+        recorded = [out.detach() for out in model(x)]
+    for a, b, c, r in zip(whole, attention_pieces, all_pieces, recorded, strict=True):
         assert torch.equal(b, a)
         torch.testing.assert_close(c, a, rtol=0, atol=1e-5 * a.abs().max().item())
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-5 * r.abs().max().item())
 
 
 def record_calls(function, calls):

@@ -1,11 +1,11 @@
 """Swin Transformer V2 building blocks on channels-last maps ``(B, H, W, C)``."""
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
-from .attention import PIECE_BYTES, WindowAttentionV2
+from .attention import PIECE_BYTES, WindowAttentionV2, assemble
 from .lean_autograd import eager_cpu_inference, gelu_linear
 from .onednn import linear_gelu
 from .windows import WindowLayout, pad_to_multiple
@@ -43,20 +43,29 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                residual_norm: Optional[Callable] = None) -> torch.Tensor:
+        """``mlp(x)``, or with ``residual_norm`` ``x + residual_norm(mlp(x))`` (a block's
+        residual branch; in CPU inference each piece as it is made, see
+        :func:`.attention.assemble`)."""
         if self.training and self.drop.p:
-            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-        if torch.is_grad_enabled():
-            return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
-        tokens = x.reshape(-1, x.shape[-1])
-        step = max(1, PIECE_BYTES // (4 * self.fc1.out_features))
-        if not eager_cpu_inference(x) or tokens.shape[0] <= step:
-            return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
-        # CPU inference: the (tokens, hidden) activation in pieces the allocator serves from
-        # memory it keeps, rather than faulted in afresh (see WindowAttentionV2._inference_pieces)
-        out = torch.cat([self.fc2(linear_gelu(piece, self.fc1.weight, self.fc1.bias))
-                         for piece in tokens.split(step)])
-        return out.view(*x.shape[:-1], out.shape[-1])
+            out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        elif torch.is_grad_enabled():
+            out = gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
+        else:
+            tokens = x.reshape(-1, x.shape[-1])
+            step = max(1, PIECE_BYTES // (4 * self.fc1.out_features))
+            if eager_cpu_inference(x) and tokens.shape[0] > step:
+                # CPU inference: the (tokens, hidden) activation in pieces the allocator serves
+                # from memory it keeps, rather than faulted in afresh (see
+                # WindowAttentionV2._inference_pieces)
+                pieces = [(start, min(start + step, len(tokens)))
+                          for start in range(0, len(tokens), step)]
+                out = assemble(tokens, pieces, lambda start, stop: self.fc2(linear_gelu(
+                    tokens[start:stop], self.fc1.weight, self.fc1.bias)), residual_norm)
+                return out.view(*x.shape[:-1], out.shape[-1])
+            out = self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
+        return out if residual_norm is None else x + residual_norm(out)
 
 
 class SwinBlockV2(nn.Module):
@@ -86,14 +95,19 @@ class SwinBlockV2(nn.Module):
         self.norm3 = nn.LayerNorm(dim) if extra_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.norm1(self._shifted_window_attention(x)))
-        x = x + self.drop_path(self.norm2(self.mlp(x)))
-        return self.norm3(x) if self.norm3 is not None else x
-
-    def _shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
         layout = WindowLayout(x.shape[1:3], self.window_size, self.shifted, x.device)
-        windows = self.attn(layout.partition(x), layout.window, layout.mask)
-        return layout.reverse(windows)
+        if not self.training and eager_cpu_inference(x, self.norm1.weight):
+            # CPU inference: each branch's norm and residual add on its pieces as they are
+            # made (the attention's in window order: partition commutes with both; the
+            # padding tokens it adds are dropped by the reverse)
+            windows = self.attn(layout.partition(x), layout.window, layout.mask,
+                                residual_norm=self.norm1)
+            x = self.mlp(layout.reverse(windows), residual_norm=self.norm2)
+        else:
+            attended = self.attn(layout.partition(x), layout.window, layout.mask)
+            x = x + self.drop_path(self.norm1(layout.reverse(attended)))
+            x = x + self.drop_path(self.norm2(self.mlp(x)))
+        return self.norm3(x) if self.norm3 is not None else x
 
 
 class PatchMergingV2(nn.Module):
