@@ -21,8 +21,12 @@ def outputs(model, x, grad=False):
 
 
 def assert_same(a, b):
+    """Outputs of an inference forward ``a`` against a forward where autograd records ``b``
+    (which reuses nothing). Reuse is exact, but the linear layers differ in the last bits:
+    oneDNN on packed weights in inference, ``F.linear`` where autograd records. A stale
+    position or qkv bias moves the outputs by far more than this bound."""
     for p, q in zip(a, b, strict=True):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5 * q.abs().max().item())
 
 
 def reuse_entries(model):
@@ -42,7 +46,8 @@ def test_reused_and_recomputed_paths_are_equal(x):
     first = outputs(model, x)
     assert reuse_entries(model) == 2 * 8  # position bias and qkv bias of each of 8 blocks
     assert_same(first, fresh)
-    assert_same(outputs(model, x), fresh)  # from the reused tensors
+    for a, b in zip(outputs(model, x), first, strict=True):  # from the reused tensors
+        assert torch.equal(a, b)
 
 
 def test_an_in_place_weight_change_after_an_eval_forward_is_seen(x):
@@ -128,14 +133,21 @@ def test_no_subnormal_floats_reach_the_output_projection(monkeypatch):
     model.eval()
     x = torch.randn(1, 3, 200, 336, generator=torch.Generator().manual_seed(0))  # padded maps
 
+    projections = {id(b.attn.proj.weight) for s in model.stages for b in s.blocks}
+    linear = attention.linear
+
+    def seen_linear(x, weight, *args):
+        if id(weight) in projections:
+            seen.append(x)
+        return linear(x, weight, *args)
+    monkeypatch.setattr(attention, 'linear', seen_linear)
+    seen = []
+
     def subnormals():
-        seen = []
-        hooks = [b.attn.proj.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-                 for s in model.stages for b in s.blocks]
+        seen.clear()
         with torch.no_grad():
             model(x)
-        for h in hooks:
-            h.remove()
+        assert len(seen) >= len(projections)  # every block's projection (in pieces or not)
         tiny = torch.finfo(torch.float32).tiny
         return sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in seen)
     assert subnormals() == 0

@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .lean_autograd import (eager_cpu_inference, flush_subnormals, records_autograd,
                             scaled_normalize, traced)
+from .onednn import linear
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
 
@@ -227,7 +228,7 @@ class WindowAttentionV2(nn.Module):
         mask per window of ``x``."""
         BnW, N, C = x.shape
         heads = self.num_heads
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        qkv = linear(x, self.qkv.weight, self.qkv_bias())
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
@@ -247,7 +248,7 @@ class WindowAttentionV2(nn.Module):
         # floats, which x86 multiplies in microcode (measured on an Intel Xeon at 800x1344: the
         # output projection of every shifted block 19-37x slower). They are set to 0.
         out = flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
     def _explicit(self, q, k, v, bias, mask, rows=None):
         """The official order of operations, ``softmax(cos * scale + bias [+ mask]) @ v``, with

@@ -7,7 +7,7 @@ import torch.utils.checkpoint as checkpoint
 
 from .attention import PIECE_BYTES, WindowAttentionV2, assemble
 from .lean_autograd import eager_cpu_inference, gelu_linear
-from .onednn import linear_gelu
+from .onednn import linear, linear_gelu
 from .windows import WindowLayout, pad_to_multiple
 
 
@@ -33,8 +33,9 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout: in training GELU and fc2 run
     as one :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than
-    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu`, on
-    pieces of the tokens with about ``PIECE_BYTES`` of hidden activation each."""
+    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu` (and
+    fc2 as :func:`.onednn.linear`), on pieces of the tokens with about ``PIECE_BYTES`` of hidden
+    activation each."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
         super().__init__()
@@ -61,11 +62,17 @@ class Mlp(nn.Module):
                 # WindowAttentionV2._inference_pieces)
                 pieces = [(start, min(start + step, len(tokens)))
                           for start in range(0, len(tokens), step)]
-                out = assemble(tokens, pieces, lambda start, stop: self.fc2(linear_gelu(
-                    tokens[start:stop], self.fc1.weight, self.fc1.bias)), residual_norm)
+                out = assemble(tokens, pieces,
+                               lambda start, stop: self._inference(tokens[start:stop]),
+                               residual_norm)
                 return out.view(*x.shape[:-1], out.shape[-1])
-            out = self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
+            out = self._inference(x)
         return out if residual_norm is None else x + residual_norm(out)
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2(GELU(fc1(x))), each layer one oneDNN call where it applies (see .onednn)."""
+        hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        return linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class SwinBlockV2(nn.Module):
@@ -128,8 +135,8 @@ class PatchMergingV2(nn.Module):
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1)
         if self.norm_first:
-            return self.reduction(self.norm(x))
-        return self.norm(self.reduction(x))
+            return linear(self.norm(x), self.reduction.weight, None)
+        return self.norm(linear(x, self.reduction.weight, None))
 
 
 class SwinStageV2(nn.Module):

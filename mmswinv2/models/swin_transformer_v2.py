@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
 from ..registry import MODELS
+from . import onednn
 from .attention import auto_fused
 from .blocks import SwinStageV2
 
@@ -321,6 +322,7 @@ class SwinTransformerV2(BaseModule):
 
     def train(self, mode: bool = True) -> 'SwinTransformerV2':
         super().train(mode)
+        onednn.forget(self)  # (the attention modules drop what they reuse themselves)
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():
