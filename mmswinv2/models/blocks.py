@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
-from .attention import PIECE_BYTES, WindowAttentionV2, assemble
+from .attention import PIECE_BYTES, WindowAttentionV2, assemble, spans
 from .lean_autograd import eager_cpu_inference, gelu_linear
 from .onednn import linear, linear_gelu
 from .windows import WindowLayout, pad_to_multiple
@@ -55,18 +55,15 @@ class Mlp(nn.Module):
             out = gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
         else:
             tokens = x.reshape(-1, x.shape[-1])
-            step = max(1, PIECE_BYTES // (4 * self.fc1.out_features))
-            if eager_cpu_inference(x) and tokens.shape[0] > step:
-                # CPU inference: the (tokens, hidden) activation in pieces the allocator serves
-                # from memory it keeps, rather than faulted in afresh (see
-                # WindowAttentionV2._inference_pieces)
-                pieces = [(start, min(start + step, len(tokens)))
-                          for start in range(0, len(tokens), step)]
-                out = assemble(tokens, pieces,
-                               lambda start, stop: self._inference(tokens[start:stop]),
-                               residual_norm)
-                return out.view(*x.shape[:-1], out.shape[-1])
-            out = self._inference(x)
+            # CPU inference: the (tokens, hidden) activation in pieces the allocator serves
+            # from memory it keeps, rather than faulted in afresh (see
+            # WindowAttentionV2._inference_pieces); elsewhere one piece
+            step = max(1, PIECE_BYTES // (4 * self.fc1.out_features)) \
+                if eager_cpu_inference(x) else len(tokens)
+            out = assemble(tokens, spans(len(tokens), step),
+                           lambda start, stop: self._inference(tokens[start:stop]),
+                           residual_norm)
+            return out.view(*x.shape[:-1], out.shape[-1])
         return out if residual_norm is None else x + residual_norm(out)
 
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
