@@ -1,12 +1,14 @@
 """Inference reuse of derived tensors (position bias, qkv bias) and its invalidation; precision
 under autocast (the logits in fp32)."""
+import json
+
 import pytest
 import torch
 
 import mmswinv2.models.attention as attention
 from mmswinv2 import SwinTransformerV2
 
-from helpers import randomize_
+from helpers import load_tool, randomize_
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -171,3 +173,29 @@ def test_softmax_writes_over_the_logits_only_where_autograd_does_not_record():
     plain = logits.clone().requires_grad_()
     plain.softmax(dim=-1).pow(2).sum().backward()
     assert torch.equal(recorded.grad, plain.grad)
+
+
+#: tools/analysis/precision.py's rows, against HF in float64: fp32 must be fp32 rounding (a
+#: TF32 convolution on CUDA measured 1.5e-2), the autocast rows the order of their type.
+PRECISION_TOOL_BOUNDS = dict(fp32=1e-4, fp16=0.1, bf16=0.5)
+
+
+def test_precision_tool_reports_every_path_against_hf_in_float64(tmp_path):
+    tool = load_tool('analysis/precision.py')
+    rows = tool.main(['--device', 'cpu', '--batch', '1', '--size', '128',
+                      '--json', str(tmp_path / 'precision.json')])
+    assert {(r['implementation'], r['attention'], r['dtype']) for r in rows} == {
+        (implementation, attention, dtype) for implementation, attention in tool.IMPLEMENTATIONS
+        for dtype in ('fp32', 'bf16', 'fp16')}
+    for r in rows:
+        assert r['finite'], r
+        assert len(r['relative_error']) == 4
+        assert max(r['relative_error']) <= PRECISION_TOOL_BOUNDS[r['dtype']], r
+    with open(tmp_path / 'precision.json') as f:
+        assert json.load(f)['rows'] == rows
+
+
+def test_precision_tool_refuses_sizes_where_hf_windows_differently():
+    tool = load_tool('analysis/precision.py')
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--size', '72', '104'])  # stage 4: 3x4, shorter than the window
