@@ -114,7 +114,7 @@ class WindowAttentionV2(nn.Module):
         self._reuse = {}
 
     def forward(self, x: torch.Tensor, window: Size2, mask: Optional[ShiftMask] = None,
-                residual_norm: Optional[Callable] = None) -> torch.Tensor:
+                residual_norm: Optional[Callable] = None, in_place: bool = False) -> torch.Tensor:
         """Attend within windows.
 
         Args:
@@ -124,6 +124,8 @@ class WindowAttentionV2(nn.Module):
             residual_norm: return ``x + residual_norm(attention)`` instead (a block's
                 residual branch, in window order), each piece as it is made (see
                 :func:`assemble`).
+            in_place: with ``residual_norm``, write that sum over ``x`` where the types
+                allow (the caller gives ``x`` up: a block's fresh gather into windows).
         """
         position_bias = self.position_bias(window)  # (heads, N, N) fp32, shared by all windows
         if self.chunk_windows and x.shape[0] > self.chunk_windows:
@@ -131,7 +133,7 @@ class WindowAttentionV2(nn.Module):
             return out if residual_norm is None else x + residual_norm(out)
         pieces = self._inference_pieces(x, mask)
         return assemble(x, pieces, lambda start, stop, rows: self._attend(
-            x[start:stop], position_bias, mask, rows), residual_norm)
+            x[start:stop], position_bias, mask, rows), residual_norm, in_place)
 
     def _attend_in_chunks(self, x: torch.Tensor, position_bias: torch.Tensor,
                           mask: Optional[ShiftMask]) -> torch.Tensor:
@@ -277,18 +279,18 @@ class WindowAttentionV2(nn.Module):
 
 
 def assemble(x: torch.Tensor, pieces: Sequence[tuple], compute: Callable,
-             residual_norm: Optional[Callable] = None) -> torch.Tensor:
+             residual_norm: Optional[Callable] = None, in_place: bool = False) -> torch.Tensor:
     """The outputs ``compute(*piece)`` of ``pieces`` of ``x`` (``(start, stop, ...)`` ranges of
     its first dimension, in order, covering it), put together; with ``residual_norm``,
-    ``x[start:stop] + residual_norm(compute(*piece))`` instead. Each piece is written into the
-    one output as soon as it is made, while it is still in cache: no concatenation afterwards,
-    and the norm and residual add run on data in cache rather than in separate passes over
-    the whole map. SwinV2-T, AMD EPYC, 2 threads, A/B in one process (medians of 8-12
-    alternations): the forward 1.01x (8 x 256²) and 1.02x (800x1344) faster in fp32, 1.03x and
-    1.11x under bf16 autocast."""
-    if len(pieces) == 1:  # all of x: no output to copy into
-        y = compute(*pieces[0])
-        return y if residual_norm is None else x + residual_norm(y)
+    ``x[start:stop] + residual_norm(compute(*piece))`` instead, written over ``x`` itself if
+    ``in_place`` and the sum has ``x``'s type (each piece reads only its own rows of ``x``,
+    before they are overwritten). Each piece is written into the one output as soon as it is
+    made, while it is still in cache: no concatenation afterwards, and the norm and residual
+    add run on data in cache rather than in separate passes over the whole map. SwinV2-T, AMD
+    EPYC, 2 threads, A/B in one process (medians of 8-12 alternations): the forward 1.01x
+    (8 x 256²) and 1.02x (800x1344) faster in fp32, 1.03x and 1.11x under bf16 autocast."""
+    if residual_norm is None and len(pieces) == 1:  # all of x: no output to copy into
+        return compute(*pieces[0])
     out = None
     for piece in pieces:
         start, stop = piece[:2]
@@ -297,7 +299,8 @@ def assemble(x: torch.Tensor, pieces: Sequence[tuple], compute: Callable,
             y = residual_norm(y)
         if out is None:
             dtype = y.dtype if residual_norm is None else torch.promote_types(x.dtype, y.dtype)
-            out = y.new_empty((x.shape[0], *y.shape[1:]), dtype=dtype)
+            out = x if in_place and residual_norm is not None and dtype == x.dtype else \
+                y.new_empty((x.shape[0], *y.shape[1:]), dtype=dtype)
         if residual_norm is None:
             out[start:stop] = y
         else:
