@@ -124,8 +124,9 @@ class WindowAttentionV2(nn.Module):
             residual_norm: return ``x + residual_norm(attention)`` instead (a block's
                 residual branch, in window order), each piece as it is made (see
                 :func:`assemble`).
-            in_place: with ``residual_norm``, write that sum over ``x`` where the types
-                allow (the caller gives ``x`` up: a block's fresh gather into windows).
+            in_place: with ``residual_norm``, the caller gives ``x`` up (a block's fresh
+                gather into windows): the pieces may write that sum over it, where the types
+                allow (see :func:`assemble`; with ``attn_chunk_windows`` it is not).
         """
         position_bias = self.position_bias(window)  # (heads, N, N) fp32, shared by all windows
         if self.chunk_windows and x.shape[0] > self.chunk_windows:

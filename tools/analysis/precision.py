@@ -21,6 +21,7 @@ A Markdown table goes to stdout (and JSON to ``--json``). Measured results: docs
 import argparse
 import json
 import os
+import platform
 import sys
 
 import torch
@@ -113,7 +114,6 @@ def markdown(rows, args, device_name):
 def device_name(device):
     if device.startswith('cuda'):
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
     return platform.processor() or platform.machine()
 
 
