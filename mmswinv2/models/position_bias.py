@@ -87,5 +87,11 @@ def continuous_position_bias(cpb_mlp: nn.Module, window: Size2, pretrained_windo
     table = relative_coords_table(window, pretrained_window, device, coords)
     index = relative_position_index(window, device)
     bias_table = cpb_mlp(table.to(cpb_mlp[0].weight.dtype)).view(-1, num_heads)
-    bias = bias_table[index.view(-1)].view(*index.shape, num_heads).permute(2, 0, 1)
+    # Gathered from a heads-first copy of the table. The backward of a gather from the
+    # (offsets, heads) table itself is a scatter-add whose CPU code Inductor (torch 2.13) tiles
+    # over both dimensions and then indexes wrongly when it runs on several threads: the head
+    # offset counted twice (pytorch/pytorch#191837), so gradients land in the wrong entries and
+    # past the end of the buffer (found with AddressSanitizer; training aborted with "double
+    # free or corruption"). Heads-first, the scatter runs along contiguous rows.
+    bias = bias_table.t().contiguous()[:, index.view(-1)].view(num_heads, *index.shape)
     return BIAS_RANGE * torch.sigmoid(bias) if bounded else bias
