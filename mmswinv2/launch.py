@@ -3,7 +3,6 @@ environment fixes this stack needs. Detection and segmentation are told apart by
 ``default_scope`` (``mmdet`` / ``mmseg``), which their base runtime configs set."""
 import argparse
 import importlib
-import logging
 import os
 import os.path as osp
 import re
@@ -56,14 +55,6 @@ def build_runner(cfg: Config):
     return runner
 
 
-#: Seen with torch 2.13 on x86 CPUs (AVX-512), SwinV2-T at 128x128 crops.
-CPU_INDUCTOR_TRAINING_CRASH = (
-    'compile: on CPU, Inductor\'s vectorised code for this backbone\'s backward can corrupt '
-    'memory (torch 2.13: "double free or corruption" in the first training iteration; '
-    'inference is not affected). If training aborts, use compile=dict(backend=\'aot_eager\') '
-    'or compile=dict(options={\'cpp.simdlen\': 1}) (no vector instructions in generated code).')
-
-
 def compile_backbone(model: torch.nn.Module, compile_cfg) -> None:
     """MMEngine's ``compile`` config key (``True`` or ``torch.compile`` options such as
     ``dict(backend='inductor', dynamic=True)``), applied to the model's backbone in place.
@@ -85,10 +76,6 @@ def compile_backbone(model: torch.nn.Module, compile_cfg) -> None:
     if backbone is None:
         raise ValueError(f'compile: {type(module).__name__} has no backbone to compile')
     options = {} if compile_cfg is True else dict(compile_cfg)
-    on_cpu = next(backbone.parameters()).device.type == 'cpu'
-    if on_cpu and options.get('backend', 'inductor') == 'inductor' and \
-            'cpp.simdlen' not in options.get('options', {}):
-        print_log(CPU_INDUCTOR_TRAINING_CRASH, logger='current', level=logging.WARNING)
     backbone.compile(**options)
     print_log(f'compile: the backbone ({type(backbone).__name__}) is compiled with '
               f'torch.compile({", ".join(f"{k}={v!r}" for k, v in options.items())}); '

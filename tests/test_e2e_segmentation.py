@@ -94,17 +94,16 @@ def test_train_under_torchrun_with_two_cpu_processes(setup):
 
 
 def test_compile_config_key_trains_with_a_compiled_backbone(setup):
-    """MMEngine's ``compile`` key: the backbone is compiled (Dynamo and AOTAutograd, forward
-    and backward; backend 'aot_eager', since Inductor's CPU code can crash in training, see
-    ``CPU_INDUCTOR_TRAINING_CRASH``), training runs, and the checkpoint keeps the plain
-    state-dict keys (``nn.Module.compile`` works in place)."""
+    """MMEngine's ``compile=True``: the backbone is compiled with torch.compile's defaults
+    (Inductor's generated code, forward and backward), training runs, and the checkpoint keeps
+    the plain state-dict keys (``nn.Module.compile`` works in place). No validation: MMEngine
+    validates after the last iteration, and each new image size would compile again."""
     root, config = setup
     work = root / 'compiled'
     out = run_tool(['tools/train.py', str(config), '--work-dir', str(work), '--cfg-options',
-                    'compile.backend=aot_eager', 'train_cfg.max_iters=2',
-                    'train_cfg.val_interval=10'])
-    assert "compile: the backbone (SwinTransformerV2) is compiled with " \
-        "torch.compile(backend='aot_eager')" in out
+                    'compile=True', 'train_cfg.max_iters=2', 'val_cfg=None',
+                    'val_dataloader=None', 'val_evaluator=None'])
+    assert "compile: the backbone (SwinTransformerV2) is compiled with torch.compile()" in out
     losses = logged_losses(out)
     assert len(losses) == 2 and all(v == v and abs(v) != float('inf') for v in losses)
     state = torch.load(work / 'iter_2.pth', weights_only=False)['state_dict']
