@@ -1,6 +1,9 @@
 """torch.compile: the backbone traces as one graph (fixed and dynamic shapes) and computes what
 eager computes; MMEngine's ``compile`` config key trains a detector and a segmentor."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,9 +114,6 @@ def test_inductor_training_gives_eager_gradients():
     position bias was gathered heads-first (see ``continuous_position_bias``), the generated
     scatter-add for its table wrote past the end of the table's gradient and the process
     aborted, so it runs in a process of its own."""
-    import json
-    import subprocess
-    import sys
     root = os.path.join(os.path.dirname(__file__), '..')
     done = subprocess.run([sys.executable, '-c', INDUCTOR_TRAINING], cwd=root,
                           capture_output=True, text=True, timeout=1200)
