@@ -257,16 +257,17 @@ def official_window_reverse(windows, window, hw):
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, windows.shape[-1])
 
 
+@pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('hw, window_size, shifted', [
     ((16, 16), 8, True), ((16, 16), 8, False), ((21, 35), 8, True), ((13, 6), 8, True),
     ((6, 30), 8, True), ((5, 7), 8, True), ((23, 40), 7, False), ((40, 40), 16, True),
 ])
 def test_window_layout_gathers_what_the_official_pad_roll_partition_gives(
-        hw, window_size, shifted):
+        hw, window_size, shifted, batch):
     """One gather each way equals the official zero-pad, roll by -shift and partition, and
-    its inverse (reverse, roll back, crop), batch 2, including the shift mask it carries."""
+    its inverse (reverse, roll back, crop), including the shift mask it carries."""
     from mmswinv2.models.windows import WindowLayout, pad_to_multiple, window_and_shift
-    x = torch.randn(2, *hw, 5)
+    x = torch.randn(batch, *hw, 5)
     layout = WindowLayout(hw, window_size, shifted, x.device)
     window, shift = window_and_shift(hw, window_size, shifted)
     assert (layout.window, layout.shift) == (window, shift)
