@@ -257,7 +257,7 @@ def official_window_reverse(windows, window, hw):
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, windows.shape[-1])
 
 
-@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('batch', [0, 1, 3])
 @pytest.mark.parametrize('hw, window_size, shifted', [
     ((16, 16), 8, True), ((16, 16), 8, False), ((21, 35), 8, True), ((13, 6), 8, True),
     ((6, 30), 8, True), ((5, 7), 8, True), ((23, 40), 7, False), ((40, 40), 16, True),
