@@ -126,53 +126,73 @@ def test_autocast_stage_error_against_fp32_and_why_the_logits_are_fp32(dtype, mo
     assert sum(errors) < sum(low), (errors, low)
 
 
-def test_no_subnormal_floats_reach_the_output_projection(monkeypatch):
-    """Masked pairs' softmax weights (~e^-100) make the attention output of padded tokens
-    subnormal, which x86 multiplies in microcode (a shifted block's projection measured 19-37x
-    slower); they are set to 0 before the projection."""
-    model = SwinTransformerV2(arch='tiny', drop_path_rate=0.)  # q / v biases start at 0
-    model.init_weights()
+@pytest.mark.parametrize('fused', [False, True])
+def test_no_subnormal_floats_reach_the_fp32_products_on_the_cpu(fused, monkeypatch):
+    """Masked pairs' softmax weights (~e^-100) are subnormal, and so is the attention output of
+    padded tokens whose region holds only zero-valued tokens; x86 multiplies them in microcode
+    (measured on an Intel Xeon: a shifted block's weights @ v 15x, its output projection 19-37x
+    slower). They are set to 0 before those products: the weights on the explicit path, the
+    output of the fused kernel, whose weights never leave it."""
+    model = SwinTransformerV2(arch='tiny', drop_path_rate=0., fused_attention=fused)
+    model.init_weights()  # q / v biases start at 0
     model.eval()
     x = torch.randn(1, 3, 200, 336, generator=torch.Generator().manual_seed(0))  # padded maps
 
     projections = {id(b.attn.proj.weight) for s in model.stages for b in s.blocks}
-    linear = attention.linear
+    linear, softmax = attention.linear, attention._softmax
 
     def seen_linear(x, weight, *args):
         if id(weight) in projections:
-            seen.append(x)
+            seen.append(x.clone())
         return linear(x, weight, *args)
+
+    def seen_softmax(logits, flush):
+        assert flush  # fp32 on the CPU
+        seen.append(softmax(logits, flush and not unflushed).clone())
+        return seen[-1]
     monkeypatch.setattr(attention, 'linear', seen_linear)
-    seen = []
+    monkeypatch.setattr(attention, '_softmax', seen_softmax)
+    seen, unflushed = [], False
 
     def subnormals():
         seen.clear()
         with torch.no_grad():
             model(x)
-        assert len(seen) >= len(projections)  # every block's projection (in pieces or not)
+        assert len(seen) >= len(projections) * (1 if fused else 2)  # every block's, in pieces
         tiny = torch.finfo(torch.float32).tiny
         return sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in seen)
     assert subnormals() == 0
-    monkeypatch.setattr(attention, 'flush_subnormals', lambda t: t)
+    if fused:
+        monkeypatch.setattr(attention, 'flush_subnormals', lambda t: t)
+    else:
+        unflushed = True
     assert subnormals() > 0  # what the flush removes
 
 
-def test_softmax_writes_over_the_logits_only_where_autograd_does_not_record():
+@pytest.mark.parametrize('flush', [False, True])
+def test_softmax_writes_over_the_logits_only_where_autograd_does_not_record(flush):
     logits = torch.randn(6, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 30
     expected = logits.softmax(dim=-1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((expected != 0) & (expected < tiny)).any()  # subnormal weights to flush
+    if flush:
+        expected = torch.where(expected > tiny, expected, 0.)
     with torch.no_grad():
         given = logits.clone()
-        weights = attention._softmax(given)
+        weights = attention._softmax(given, flush)
     assert weights.data_ptr() == given.data_ptr()  # in place: no fresh tensor
     assert torch.equal(weights, expected)
     recorded = logits.clone().requires_grad_()
-    weights = attention._softmax(recorded)
+    weights = attention._softmax(recorded, flush)
     assert weights.data_ptr() != recorded.data_ptr() and weights.grad_fn is not None
     assert torch.equal(weights, expected)
     weights.pow(2).sum().backward()  # the logits are still those autograd saw
     plain = logits.clone().requires_grad_()
     plain.softmax(dim=-1).pow(2).sum().backward()
-    assert torch.equal(recorded.grad, plain.grad)
+    if flush:  # softmax's gradient at weights that moved by at most 1.2e-38
+        torch.testing.assert_close(recorded.grad, plain.grad, rtol=0, atol=1e-37)
+    else:
+        assert torch.equal(recorded.grad, plain.grad)
 
 
 #: tools/analysis/precision.py's rows, against HF in float64: fp32 must be fp32 rounding (a

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .lean_autograd import (eager_cpu_inference, flush_subnormals, records_autograd,
-                            scaled_normalize, traced)
+                            scaled_normalize, softmax_flushed, traced)
 from .onednn import linear
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
@@ -239,27 +239,35 @@ class WindowAttentionV2(nn.Module):
             q = scaled_normalize(q, scale)  # the logit scale folded into q
             k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
+            # Masked pairs get softmax weights of ~e^-100 = 4e-44, below fp32's smallest normal
+            # number: subnormal floats, which x86 multiplies in microcode. Measured on an Intel
+            # Xeon: a shifted block's weights @ v 15x slower than an unshifted block's (fp32,
+            # 8 x 256²; the forward 1.2x); and through padded tokens whose own region holds
+            # only zero-valued tokens (attention outputs of that size) the output projection
+            # of every shifted block 19-37x slower (800x1344). Where those products run in fp32
+            # on the CPU the subnormals are set to 0 (moving no value by more than 1.2e-38):
+            # the explicit path's weights; the fused kernel's output, as its weights never
+            # leave it. bf16 dot products (AVX512-BF16, AMX) read subnormal inputs as 0.
+            flush = x.device.type == 'cpu' and v.dtype == torch.float32
             if fused:
                 out = self._fused(q, k, v, position_bias, mask)
+                out = flush_subnormals(out) if flush else out
             else:  # the bias is already of the logits' type
-                out = self._explicit(q, k, v, position_bias, mask, rows)
-        # Masked pairs get softmax weights of ~e^-100 = 4e-44, and a padded token whose own
-        # region holds only zero-valued tokens gets an attention output of that size: subnormal
-        # floats, which x86 multiplies in microcode (measured on an Intel Xeon at 800x1344: the
-        # output projection of every shifted block 19-37x slower). They are set to 0.
-        out = flush_subnormals(out.transpose(1, 2).reshape(BnW, N, C))
+                out = self._explicit(q, k, v, position_bias, mask, rows, flush)
+        out = out.transpose(1, 2).reshape(BnW, N, C)
         return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
-    def _explicit(self, q, k, v, bias, mask, rows=None):
+    def _explicit(self, q, k, v, bias, mask, rows=None, flush=False):
         """The official order of operations, ``softmax(cos * scale + bias [+ mask]) @ v``, with
-        the scale folded into q; the product with v in v's type."""
+        the scale folded into q; the product with v in v's type; with ``flush``, subnormal
+        weights set to 0."""
         attn = q @ k.transpose(-2, -1)
         attn += bias  # in place: the product is not needed for its own gradient
         if isinstance(mask, ShiftMask):
             mask.add_to(attn, rows)  # only the last row and column of windows
         elif mask is not None:
             attn += mask.unsqueeze(1)
-        attn = F.dropout(_softmax(attn), self.attn_drop, self.training)
+        attn = F.dropout(_softmax(attn, flush), self.attn_drop, self.training)
         return attn.to(v.dtype) @ v
 
     def _fused(self, q, k, v, bias, mask):
@@ -315,15 +323,18 @@ def spans(total: int, step: int) -> list:
     return [(start, min(start + step, total)) for start in range(0, max(total, 1), step)]
 
 
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension; in place where autograd does not record it (the out=
-    form of the op has no backward) and no graph is traced. The logits are a temporary of this
-    module, and the largest tensor of the block: writing the weights over them saves a fresh
-    ``(windows, heads, N, N)`` tensor, whose pages the kernel faults in on first touch (stage 1
-    at 800x1344, fp32: 15.7 ms with a fresh output, 4.8 ms in place; the forward 1.03x)."""
+def _softmax(logits: torch.Tensor, flush: bool = False) -> torch.Tensor:
+    """Softmax over the last dimension; with ``flush``, the weights below the smallest normal
+    number set to 0 (see :meth:`WindowAttentionV2._attend`). In place where autograd does
+    not record it (the out= form of the op has no backward) and no graph is traced. The logits
+    are a temporary of this module, and the largest tensor of the block: writing the weights
+    over them saves a fresh ``(windows, heads, N, N)`` tensor, whose pages the kernel faults
+    in on first touch (stage 1 at 800x1344, fp32: 15.7 ms with a fresh output, 4.8 ms in
+    place; the forward 1.03x)."""
     if records_autograd(logits) or traced():
-        return logits.softmax(dim=-1)
-    return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+        return softmax_flushed(logits) if flush else logits.softmax(dim=-1)
+    weights = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+    return torch.threshold_(weights, torch.finfo(weights.dtype).tiny, 0.) if flush else weights
 
 
 def _contiguous(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

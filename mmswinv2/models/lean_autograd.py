@@ -1,4 +1,4 @@
-"""Three operations of the block with a leaner backward than autograd records by default.
+"""Operations of the block with a leaner backward than autograd records by default.
 
 Each computes exactly what the plain PyTorch ops compute; only what is kept for backward
 differs. Measured on SwinV2-T, one 800x1344 training step: the tensors kept for backward
@@ -8,7 +8,9 @@ shrink from 2.9 to 1.9 GiB (with q and k copied contiguous in ``attention.py``),
   of its input, so the ``(tokens, 3C)`` qkv projection is freed after the forward;
 * :func:`gelu_linear` keeps GELU's input only and recomputes GELU in backward, instead of
   keeping both the ``(tokens, 4C)`` input and output of GELU;
-* :func:`flush_subnormals` keeps nothing (its gradient is taken as the identity's).
+* :func:`flush_subnormals` keeps nothing (its gradient is taken as the identity's);
+* :func:`softmax_flushed` keeps only its output, as softmax does: flushing the weights
+  with a separate function would keep both the softmax's output and the flushed copy.
 
 The custom functions run only where autograd records in eager mode. Elsewhere the plain ops
 run: in inference; in traced graphs such as MMEngine's FLOP counter, which cannot see inside a
@@ -49,6 +51,14 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
     if _records_autograd(x):
         return _FlushSubnormals.apply(x)
     return _flush(x)
+
+
+def softmax_flushed(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.softmax(-1)`` with the weights below the smallest normal number set to 0; its
+    gradient is softmax's, taken at the flushed weights (which differ by at most 1.2e-38)."""
+    if _records_autograd(logits):
+        return _SoftmaxFlushed.apply(logits)
+    return F.threshold(logits.softmax(-1), torch.finfo(logits.dtype).tiny, 0.)
 
 
 def records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
@@ -149,3 +159,16 @@ class _FlushSubnormals(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad
+
+
+class _SoftmaxFlushed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits):
+        weights = F.threshold(logits.softmax(-1), torch.finfo(logits.dtype).tiny, 0.)
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, = ctx.saved_tensors
+        return torch._softmax_backward_data(grad, weights, -1, weights.dtype)
