@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .lean_autograd import (eager_cpu_inference, flush_subnormals, records_autograd,
-                            scaled_normalize, softmax_flushed, traced)
+                            floored_softmax, raise_to_floor_, scaled_normalize, traced)
 from .onednn import linear
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
@@ -240,34 +240,36 @@ class WindowAttentionV2(nn.Module):
             k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
             # Masked pairs get softmax weights of ~e^-100 = 4e-44, below fp32's smallest normal
-            # number: subnormal floats, which x86 multiplies in microcode. Measured on an Intel
-            # Xeon: a shifted block's weights @ v 15x slower than an unshifted block's (fp32,
-            # 8 x 256²; the forward 1.2x); and through padded tokens whose own region holds
-            # only zero-valued tokens (attention outputs of that size) the output projection
-            # of every shifted block 19-37x slower (800x1344). Where those products run in fp32
-            # on the CPU the subnormals are set to 0 (moving no value by more than 1.2e-38):
-            # the explicit path's weights; the fused kernel's output, as its weights never
-            # leave it. bf16 dot products (AVX512-BF16, AMX) read subnormal inputs as 0.
-            flush = x.device.type == 'cpu' and v.dtype == torch.float32
+            # number: subnormal floats, which x86 handles in microcode, in the softmax's exp
+            # and in products with them. Measured on an Intel Xeon (fp32, 8 x 256²): a shifted
+            # block's weights @ v 15x slower than an unshifted block's (the forward 1.2x), its
+            # softmax 2-5x; at 800x1344, through padded tokens whose own region holds only
+            # zero-valued tokens (attention outputs of that size), the output projection of
+            # every shifted block 19-37x slower. So on the CPU fp32 logits are floored at 60
+            # below their row's largest before the softmax (lean_autograd.floored_softmax: no
+            # weight moves by more than N e^-60, 6e-25 for N = 64); the fused kernel's weights
+            # never leave it, so its output's subnormals are set to 0 instead.
+            cpu = x.device.type == 'cpu'
             if fused:
                 out = self._fused(q, k, v, position_bias, mask)
-                out = flush_subnormals(out) if flush else out
+                out = flush_subnormals(out) if cpu else out
             else:  # the bias is already of the logits' type
-                out = self._explicit(q, k, v, position_bias, mask, rows, flush)
+                floor = cpu and dtype == torch.float32
+                out = self._explicit(q, k, v, position_bias, mask, rows, floor)
         out = out.transpose(1, 2).reshape(BnW, N, C)
         return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
 
-    def _explicit(self, q, k, v, bias, mask, rows=None, flush=False):
+    def _explicit(self, q, k, v, bias, mask, rows=None, floor=False):
         """The official order of operations, ``softmax(cos * scale + bias [+ mask]) @ v``, with
-        the scale folded into q; the product with v in v's type; with ``flush``, subnormal
-        weights set to 0."""
+        the scale folded into q; the product with v in v's type; with ``floor``, the softmax
+        of floored logits (see :meth:`_attend`)."""
         attn = q @ k.transpose(-2, -1)
         attn += bias  # in place: the product is not needed for its own gradient
         if isinstance(mask, ShiftMask):
             mask.add_to(attn, rows)  # only the last row and column of windows
         elif mask is not None:
             attn += mask.unsqueeze(1)
-        attn = F.dropout(_softmax(attn, flush), self.attn_drop, self.training)
+        attn = F.dropout(_softmax(attn, floor), self.attn_drop, self.training)
         return attn.to(v.dtype) @ v
 
     def _fused(self, q, k, v, bias, mask):
@@ -323,18 +325,19 @@ def spans(total: int, step: int) -> list:
     return [(start, min(start + step, total)) for start in range(0, max(total, 1), step)]
 
 
-def _softmax(logits: torch.Tensor, flush: bool = False) -> torch.Tensor:
-    """Softmax over the last dimension; with ``flush``, the weights below the smallest normal
-    number set to 0 (see :meth:`WindowAttentionV2._attend`). In place where autograd does
-    not record it (the out= form of the op has no backward) and no graph is traced. The logits
-    are a temporary of this module, and the largest tensor of the block: writing the weights
-    over them saves a fresh ``(windows, heads, N, N)`` tensor, whose pages the kernel faults
-    in on first touch (stage 1 at 800x1344, fp32: 15.7 ms with a fresh output, 4.8 ms in
-    place; the forward 1.03x)."""
+def _softmax(logits: torch.Tensor, floor: bool = False) -> torch.Tensor:
+    """Softmax over the last dimension; with ``floor``, of the logits floored below their row's
+    largest (:func:`.lean_autograd.floored_softmax`). In place where autograd does not record
+    it (the out= form of the op has no backward) and no graph is traced. The logits are a
+    temporary of this module, and the largest tensor of the block: writing the weights over
+    them saves a fresh ``(windows, heads, N, N)`` tensor, whose pages the kernel faults in on
+    first touch (stage 1 at 800x1344, fp32: 15.7 ms with a fresh output, 4.8 ms in place; the
+    forward 1.03x)."""
     if records_autograd(logits) or traced():
-        return softmax_flushed(logits) if flush else logits.softmax(dim=-1)
-    weights = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-    return torch.threshold_(weights, torch.finfo(weights.dtype).tiny, 0.) if flush else weights
+        return floored_softmax(logits) if floor else logits.softmax(dim=-1)
+    if floor:
+        raise_to_floor_(logits)
+    return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
 
 
 def _contiguous(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -9,8 +9,8 @@ shrink from 2.9 to 1.9 GiB (with q and k copied contiguous in ``attention.py``),
 * :func:`gelu_linear` keeps GELU's input only and recomputes GELU in backward, instead of
   keeping both the ``(tokens, 4C)`` input and output of GELU;
 * :func:`flush_subnormals` keeps nothing (its gradient is taken as the identity's);
-* :func:`softmax_flushed` keeps only its output, as softmax does: flushing the weights
-  with a separate function would keep both the softmax's output and the flushed copy.
+* :func:`floored_softmax` keeps only its output, as softmax does (the floor, as a separate
+  op, would keep its input too).
 
 The custom functions run only where autograd records in eager mode. Elsewhere the plain ops
 run: in inference; in traced graphs such as MMEngine's FLOP counter, which cannot see inside a
@@ -25,6 +25,10 @@ import torch.nn.functional as F
 
 #: The smallest norm q and k are divided by (``F.normalize``'s default eps).
 NORMALIZE_EPS = 1e-12
+
+#: :func:`floored_softmax` raises logits to at least this much below their row's largest, so
+#: that no weight, and no product of a weight with a value above ~1e-11, is a subnormal float.
+LOGIT_FLOOR = -60.
 
 
 def scaled_normalize(x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -53,12 +57,22 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
     return _flush(x)
 
 
-def softmax_flushed(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.softmax(-1)`` with the weights below the smallest normal number set to 0; its
-    gradient is softmax's, taken at the flushed weights (which differ by at most 1.2e-38)."""
+def floored_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax(max(logits, rowmax + LOGIT_FLOOR))`` over the last dimension: the softmax,
+    except that weights below ``e^LOGIT_FLOOR`` (9e-27) times their row's largest come out as
+    exactly that, the others renormalised; no weight moves by more than ``N e^LOGIT_FLOOR``
+    for rows of ``N``. Its gradient is softmax's at these weights (the floor is taken as the
+    identity)."""
     if _records_autograd(logits):
-        return _SoftmaxFlushed.apply(logits)
-    return F.threshold(logits.softmax(-1), torch.finfo(logits.dtype).tiny, 0.)
+        return _FlooredSoftmax.apply(logits)
+    return torch.maximum(logits, logits.amax(-1, keepdim=True) + LOGIT_FLOOR).softmax(-1)
+
+
+def raise_to_floor_(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` raised in place to at least their row's largest plus ``LOGIT_FLOOR``."""
+    floor = logits.amax(-1, keepdim=True)
+    floor += LOGIT_FLOOR
+    return torch.maximum(logits, floor, out=logits)
 
 
 def records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
@@ -161,10 +175,11 @@ class _FlushSubnormals(torch.autograd.Function):
         return grad
 
 
-class _SoftmaxFlushed(torch.autograd.Function):
+class _FlooredSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits):
-        weights = F.threshold(logits.softmax(-1), torch.finfo(logits.dtype).tiny, 0.)
+        weights = raise_to_floor_(logits.clone())
+        torch.ops.aten._softmax.out(weights, -1, False, out=weights)
         ctx.save_for_backward(weights)
         return weights
 
