@@ -131,7 +131,7 @@ def test_autocast_stage_error_against_fp32_and_why_the_logits_are_fp32(dtype, mo
 def test_no_subnormal_floats_reach_the_fp32_products_on_the_cpu(fused, monkeypatch):
     """Masked pairs' softmax weights (~e^-100) are subnormal, and so is the attention output of
     padded tokens whose region holds only zero-valued tokens; x86 handles them in microcode
-    (measured on an Intel Xeon: a shifted block's softmax 2-5x, its weights @ v 15x, its output
+    (measured on an Intel Xeon: a shifted block's softmax 2.4-5.5x, its weights @ v 15x, its output
     projection 19-37x slower). The explicit path floors the logits, so that no weight is
     subnormal; the fused kernel's weights never leave it, so its output is flushed instead."""
     model = SwinTransformerV2(arch='tiny', drop_path_rate=0., fused_attention=fused)

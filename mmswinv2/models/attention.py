@@ -243,7 +243,7 @@ class WindowAttentionV2(nn.Module):
             # number: subnormal floats, which x86 handles in microcode, in the softmax's exp
             # and in products with them. Measured on an Intel Xeon (fp32, 8 x 256²): a shifted
             # block's weights @ v 15x slower than an unshifted block's (the forward 1.2x), its
-            # softmax 2-5x; at 800x1344, through padded tokens whose own region holds only
+            # softmax 2.4-5.5x; at 800x1344, through padded tokens whose own region holds only
             # zero-valued tokens (attention outputs of that size), the output projection of
             # every shifted block 19-37x slower. So on the CPU fp32 logits are floored at 60
             # below their row's largest before the softmax (lean_autograd.floored_softmax: no
