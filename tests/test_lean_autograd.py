@@ -76,6 +76,39 @@ def test_flush_subnormals_zeroes_them_and_passes_the_gradient():
     assert torch.equal(torch.autograd.grad(y, x, grad)[0], grad)
 
 
+def subnormal(t):
+    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_flush_subnormal_gradient_passes_the_values_and_zeroes_the_gradients_subnormals(dtype):
+    tiny = torch.finfo(dtype).tiny
+    x = torch.randn(6, dtype=dtype, requires_grad=True)
+    y = lean.flush_subnormal_gradient(x)
+    assert torch.equal(y, x) and y.grad_fn is not None
+    grad = torch.tensor([1.0, tiny / 2, -tiny / 4, 2 * tiny, -2.0, 0.0], dtype=dtype)
+    assert torch.autograd.grad(y, x, grad)[0].tolist() == [1.0, 0.0, 0.0, 2 * tiny, -2.0, 0.0]
+    double = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert lean.flush_subnormal_gradient(double) is double  # float64 is left alone
+
+
+def test_floored_softmax_gradient_has_its_subnormal_values_zeroed():
+    """``w (g - w . g)`` for a weight at the floor (~e^-60 of its row's largest) and a small
+    gradient is subnormal; the rest of the gradient is softmax's at the floored weights."""
+    logits = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0))
+    logits[..., 0] -= 100  # a masked column: its weights sit at the floor
+    grad = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1)) * 1e-15
+    recorded = logits.clone().requires_grad_()
+    weights = lean.floored_softmax(recorded)
+    weights.backward(grad)
+    floored = torch.maximum(logits, logits.amax(-1, keepdim=True) + lean.LOGIT_FLOOR)
+    unflushed = torch._softmax_backward_data(grad, floored.softmax(-1), -1, torch.float32)
+    assert subnormal(unflushed).sum() > 0
+    assert not subnormal(recorded.grad).any()
+    torch.testing.assert_close(recorded.grad, torch.where(subnormal(unflushed), 0, unflushed),
+                               rtol=1e-6, atol=0)
+
+
 def test_backbone_gradients_match_hf():
     """Every parameter's gradient and the input's, through HF transformers' own backward, in
     float64 (padded maps, shifted windows, logit scales past the clamp). Every stage map is

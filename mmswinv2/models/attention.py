@@ -7,8 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .lean_autograd import (eager_cpu_inference, flush_subnormals, records_autograd,
-                            floored_softmax, raise_to_floor_, scaled_normalize, traced)
+from .lean_autograd import (eager_cpu_inference, floored_softmax, flush_subnormal_gradient,
+                            flush_subnormals, raise_to_floor_, records_autograd,
+                            scaled_normalize, traced)
 from .onednn import linear
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
@@ -51,6 +52,23 @@ class WindowAttentionV2(nn.Module):
     shifted-window mask is three ``(N, N)`` patterns (:class:`.windows.ShiftMask`). In CPU
     inference the windows are attended in pieces of about :data:`PIECE_BYTES` (see
     :meth:`_inference_pieces`), with the same result.
+
+    **Subnormal floats (CPU).** Masked pairs get softmax weights of ~e^-100 = 4e-44, below
+    fp32's smallest normal number (1.2e-38): subnormal floats, which x86 CPUs handle in
+    microcode, in the softmax's exp and in every product with them. Measured on an Intel Xeon:
+    at 8 x 256² a shifted block's ``weights @ v`` 15x slower than an unshifted block's and its
+    softmax 2.4-5.5x (the fp32 forward 1.2x); at 800x1344, through the attention outputs of
+    padded tokens whose region holds only padding, every shifted block's output projection
+    19-37x. So on the CPU, fp32 logits are floored at 60 below their row's largest before the
+    softmax (:func:`.lean_autograd.floored_softmax`; no weight moves by more than
+    ``N e^-60``, 6e-25 for ``N = 64``); the fused kernel's weights never leave it, so its
+    output's subnormals are set to 0 instead. Training meets them in the backward too: the
+    gradients of the logits (``w (g - w . g)`` with ``w`` ~e^-60) and of ``v`` (``w^T g``)
+    are often subnormal, so both are set to 0 where they arise (in ``floored_softmax``, and on
+    the qkv projection's output gradient; each value moves by at most 1.2e-38). Intel Xeon,
+    fp32 training step at 800x1344: without that, stage 3's qkv input gradient ran 8x slower
+    than its FLOPs allow; the step 1.18-1.31x faster with both flushed. bf16 products (AMX,
+    AVX512-BF16) treat subnormal inputs as zero themselves.
 
     Args:
         dim: channels of the input tokens.
@@ -229,6 +247,9 @@ class WindowAttentionV2(nn.Module):
         BnW, N, C = x.shape
         heads = self.num_heads
         qkv = linear(x, self.qkv.weight, self.qkv_bias())
+        cpu = x.device.type == 'cpu'
+        if cpu and qkv.dtype == torch.float32:  # see "Subnormal floats" in the class docstring
+            qkv = flush_subnormal_gradient(qkv)
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
@@ -239,21 +260,10 @@ class WindowAttentionV2(nn.Module):
             q = scaled_normalize(q, scale)  # the logit scale folded into q
             k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
-            # Masked pairs get softmax weights of ~e^-100 = 4e-44, below fp32's smallest normal
-            # number: subnormal floats, which x86 handles in microcode, in the softmax's exp
-            # and in products with them. Measured on an Intel Xeon (fp32, 8 x 256²): a shifted
-            # block's weights @ v 15x slower than an unshifted block's (the forward 1.2x), its
-            # softmax 2.4-5.5x; at 800x1344, through padded tokens whose own region holds only
-            # zero-valued tokens (attention outputs of that size), the output projection of
-            # every shifted block 19-37x slower. So on the CPU fp32 logits are floored at 60
-            # below their row's largest before the softmax (lean_autograd.floored_softmax: no
-            # weight moves by more than N e^-60, 6e-25 for N = 64); the fused kernel's weights
-            # never leave it, so its output's subnormals are set to 0 instead.
-            cpu = x.device.type == 'cpu'
             if fused:
                 out = self._fused(q, k, v, position_bias, mask)
                 out = flush_subnormals(out) if cpu else out
-            else:  # the bias is already of the logits' type
+            else:  # the bias is already of the logits' type; the floor: see the class docstring
                 floor = cpu and dtype == torch.float32
                 out = self._explicit(q, k, v, position_bias, mask, rows, floor)
         out = out.transpose(1, 2).reshape(BnW, N, C)

@@ -8,7 +8,8 @@ shrink from 2.9 to 1.9 GiB (with q and k copied contiguous in ``attention.py``),
   of its input, so the ``(tokens, 3C)`` qkv projection is freed after the forward;
 * :func:`gelu_linear` keeps GELU's input only and recomputes GELU in backward, instead of
   keeping both the ``(tokens, 4C)`` input and output of GELU;
-* :func:`flush_subnormals` keeps nothing (its gradient is taken as the identity's);
+* :func:`flush_subnormals` and :func:`flush_subnormal_gradient` keep nothing (the gradient of
+  the first is taken as the identity's);
 * :func:`floored_softmax` keeps only its output, as softmax does (the floor, as a separate
   op, would keep its input too).
 
@@ -57,12 +58,21 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
     return _flush(x)
 
 
+def flush_subnormal_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x``, whose gradient has its fp32 / bf16 subnormal values set to 0 (each moved by at
+    most 1.2e-38) before it flows on to the op that made ``x``."""
+    if x.dtype in (torch.float32, torch.bfloat16) and _records_autograd(x):
+        return _FlushSubnormalGradient.apply(x)
+    return x
+
+
 def floored_softmax(logits: torch.Tensor) -> torch.Tensor:
     """``softmax(max(logits, rowmax + LOGIT_FLOOR))`` over the last dimension: the softmax,
     except that weights below ``e^LOGIT_FLOOR`` (9e-27) times their row's largest come out as
     exactly that, the others renormalised; no weight moves by more than ``N e^LOGIT_FLOOR``
     for rows of ``N``. Its gradient is softmax's at these weights (the floor is taken as the
-    identity)."""
+    identity), with its subnormal values set to 0: ``w (g - w . g)`` for weights of ~e^-60 times
+    small gradients ``g`` is often subnormal."""
     if _records_autograd(logits):
         return _FlooredSoftmax.apply(logits)
     return torch.maximum(logits, logits.amax(-1, keepdim=True) + LOGIT_FLOOR).softmax(-1)
@@ -105,6 +115,10 @@ def _scaled_normalize(x, scale):
 
 def _flush(x):
     return F.hardshrink(x, torch.finfo(x.dtype).tiny)
+
+
+def _flush_(x):
+    return torch.ops.aten.hardshrink.out(x, torch.finfo(x.dtype).tiny, out=x)
 
 
 class _ScaledNormalize(torch.autograd.Function):
@@ -175,6 +189,16 @@ class _FlushSubnormals(torch.autograd.Function):
         return grad
 
 
+class _FlushSubnormalGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _flush(grad)
+
+
 class _FlooredSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits):
@@ -186,4 +210,4 @@ class _FlooredSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         weights, = ctx.saved_tensors
-        return torch._softmax_backward_data(grad, weights, -1, weights.dtype)
+        return _flush_(torch._softmax_backward_data(grad, weights, -1, weights.dtype))
