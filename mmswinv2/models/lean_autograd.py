@@ -1,8 +1,10 @@
 """Operations of the block with a leaner backward than autograd records by default.
 
-Each computes exactly what the plain PyTorch ops compute; only what is kept for backward
-differs. Measured on SwinV2-T, one 800x1344 training step: the tensors kept for backward
-shrink from 2.9 to 1.9 GiB (with q and k copied contiguous in ``attention.py``), because
+Each computes exactly what the plain PyTorch ops compute, except where it says it sets
+subnormal floats to 0 (values moved by at most 1.2e-38) or floors the logits (weights moved by
+at most ``N e^LOGIT_FLOOR``); what is kept for backward differs. Measured on SwinV2-T, one
+800x1344 training step: the tensors kept for backward shrink from 2.9 to 1.9 GiB (with q and k
+copied contiguous in ``attention.py``), because
 
 * :func:`scaled_normalize` keeps its output (which the ``q . k`` product keeps anyway) instead
   of its input, so the ``(tokens, 3C)`` qkv projection is freed after the forward;
