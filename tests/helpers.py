@@ -54,6 +54,11 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def subnormal(t: torch.Tensor) -> torch.Tensor:
+    """Where ``t`` holds subnormal floats: non-zero, below its type's smallest normal number."""
+    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+
+
 def capture_outputs(modules, run, extract=lambda output: output, grad=False):
     """Call ``run()`` (without gradients unless ``grad``); return ``extract(output)`` of every
     call of each of ``modules`` (in call order) and what ``run`` returned."""

@@ -10,7 +10,7 @@ import mmswinv2.models.lean_autograd as lean
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import convert_state_dict
 
-from helpers import randomize_, raw_stage_outputs
+from helpers import randomize_, raw_stage_outputs, subnormal
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -74,10 +74,6 @@ def test_flush_subnormals_zeroes_them_and_passes_the_gradient():
     assert y.tolist() == [1.0, 0.0, 0.0, 2 * tiny, -2.0, 0.0]
     grad = torch.arange(6.0)
     assert torch.equal(torch.autograd.grad(y, x, grad)[0], grad)
-
-
-def subnormal(t):
-    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

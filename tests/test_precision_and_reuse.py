@@ -11,7 +11,7 @@ import mmswinv2.models.attention as attention
 import mmswinv2.models.lean_autograd as lean
 from mmswinv2 import SwinTransformerV2
 
-from helpers import load_tool, randomize_
+from helpers import load_tool, randomize_, subnormal
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -162,8 +162,7 @@ def test_no_subnormal_floats_reach_the_fp32_products_on_the_cpu(fused, monkeypat
         with torch.no_grad():
             model(x)
         assert len(seen) >= len(projections) * (1 if fused else 2)  # every block's, in pieces
-        tiny = torch.finfo(torch.float32).tiny
-        return sum(((t != 0) & (t.abs() < tiny)).sum().item() for t in seen)
+        return sum(subnormal(t).sum().item() for t in seen)
     assert subnormals() == 0
     if fused:
         # whether the fused kernel's output holds subnormals depends on the CPU's kernels (with
@@ -200,14 +199,13 @@ def test_no_subnormal_floats_reach_the_fp32_products_of_a_training_step_on_the_c
     elif unflushed == 'logits gradient':
         monkeypatch.setattr(lean, '_flush_', lambda t: t)
     aten = torch.ops.aten
-    tiny = torch.finfo(torch.float32).tiny
     found = dict.fromkeys((aten.mm, aten.bmm, aten.addmm, aten.baddbmm), 0)
 
     class SubnormalOperands(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.overloadpacket in found:
                 found[func.overloadpacket] += sum(
-                    ((a != 0) & (a.abs() < tiny)).sum().item() for a in args
+                    subnormal(a).sum().item() for a in args
                     if isinstance(a, torch.Tensor) and a.dtype == torch.float32)
             return func(*args, **(kwargs or {}))
     loss = model(x)[-1].mean()  # a loss's small gradients, as training has

@@ -33,6 +33,9 @@ NORMALIZE_EPS = 1e-12
 #: that no weight, and no product of a weight with a value above ~1e-11, is a subnormal float.
 LOGIT_FLOOR = -60.
 
+#: The types whose subnormal values the flushes set to 0 (float64 is left alone).
+FLUSHED_DTYPES = (torch.float32, torch.bfloat16)
+
 
 def scaled_normalize(x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.normalize(x, dim=-1) * scale`` in one pass over ``x`` (the scale is applied to the
@@ -53,7 +56,7 @@ def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor,
 def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
     """fp32 / bf16 values below the smallest normal number (1.2e-38) set to 0; the gradient
     passes unchanged (the identity's: the values moved by at most 1.2e-38)."""
-    if x.dtype not in (torch.float32, torch.bfloat16):
+    if x.dtype not in FLUSHED_DTYPES:
         return x
     if _records_autograd(x):
         return _FlushSubnormals.apply(x)
@@ -63,7 +66,7 @@ def flush_subnormals(x: torch.Tensor) -> torch.Tensor:
 def flush_subnormal_gradient(x: torch.Tensor) -> torch.Tensor:
     """``x``, whose gradient has its fp32 / bf16 subnormal values set to 0 (each moved by at
     most 1.2e-38) before it flows on to the op that made ``x``."""
-    if x.dtype in (torch.float32, torch.bfloat16) and _records_autograd(x):
+    if x.dtype in FLUSHED_DTYPES and _records_autograd(x):
         return _FlushSubnormalGradient.apply(x)
     return x
 
