@@ -19,10 +19,11 @@ peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs u
 ``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
 (the first call, with an empty Inductor cache) and its speed-up over the same model in eager
 mode. ``--rounds R`` runs every row R times, round-robin, and reports the median run with the
-range: a 2-core cloud machine drifts by 10-20 % between minutes, as much as the
-implementations differ. Below the table: the rate of a large matrix product in the same type,
-measured in the same run, and the fraction of it our default row achieves (2 x the multiply-
-accumulates MMEngine counts for the backbone, per second).
+range, and beside each ratio the same ratio within each round: a 2-core cloud machine drifts
+by 10-40 % between minutes, as much as the implementations differ. Below the table: the rate
+of a large matrix product in the same type, measured in the same run, and the fraction of it
+our default row achieves (2 x the multiply-accumulates MMEngine counts for the backbone, per
+second).
 
 ``--suite sequential``: our backbone at high resolution (batch 1), all windows in one attention
 call against ``attn_chunk_windows=--chunk``: a forward at each of ``--sizes``, and a training
@@ -308,7 +309,7 @@ def models_suite(args):
         if 'V1' in name:
             v2 = next((r for r in rows if r['model'] == name.split(',')[0] + ', SwinV2-T'
                        and 'error' not in r), None)
-            ratio = f"{v2['images_per_s'] / result['images_per_s']:.2f}" if v2 else ''
+            ratio = _ratio(v2, [result]) if v2 else ''
         print(f"| {name} | {result['batch']} x {size} | {_speed(result, 3)} | "
               f"{result['seconds_per_step']:.2f} | {result['features_s']:.2f} | "
               f"{result['detections'] if result['detections'] is not None else ''} | {ratio} | "
@@ -369,9 +370,8 @@ def backbones_suite(args):
     rows = [dict(result, model=name, compiled=compiled)
             for (name, compiled), result in zip(wanted, results)]
     for compiled in ([False, True] if args.compile else [False]):
-        speeds = [r['images_per_s'] for r in rows if r['model'] in REFERENCES
-                  and r['compiled'] == compiled and 'error' not in r]
-        reference = max(speeds) if speeds else None
+        references = [r for r in rows if r['model'] in REFERENCES
+                      and r['compiled'] == compiled and 'error' not in r]
         for r in rows:
             if r['compiled'] != compiled:
                 continue
@@ -379,7 +379,7 @@ def backbones_suite(args):
             if 'error' in r:
                 print(f"| {name} | skipped: {r['error']} | | | | |")
                 continue
-            ratio = f"{r['images_per_s'] / reference:.2f}" if reference else 'n/a'
+            ratio = _ratio(r, references) if references else 'n/a'
             compile_s = speed_up = ''
             if compiled:
                 compile_s = f"{r['compile_s']:.0f}"
@@ -431,6 +431,21 @@ def _speed(result, digits):
     runs = result['runs_images_per_s']
     spread = f' ({min(runs):.{digits}f}-{max(runs):.{digits}f})' if len(runs) > 1 else ''
     return f"{result['images_per_s']:.{digits}f}{spread}"
+
+
+def _ratio(result, references):
+    """``result``'s images/s over the fastest of ``references`` (results of the same rounds),
+    as text: the ratio of the median runs and, with several rounds, each round's ratio against
+    that round's fastest reference (also kept as ``result['ratio_per_round']``). A round's
+    rows run within minutes of each other, so its ratio is paired: the spread of the per-round
+    ratios shows how far the machine's drift moves the comparison."""
+    text = f"{result['images_per_s'] / max(r['images_per_s'] for r in references):.2f}"
+    per_round = [max(speeds) for speeds in zip(*(r['runs_images_per_s'] for r in references))]
+    if len(per_round) > 1:
+        result['ratio_per_round'] = [speed / reference for speed, reference
+                                     in zip(result['runs_images_per_s'], per_round)]
+        text += ' (rounds: ' + ', '.join(f'{v:.2f}' for v in result['ratio_per_round']) + ')'
+    return text
 
 
 def _median_run(results):
