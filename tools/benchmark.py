@@ -12,18 +12,20 @@
 Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
 mmswinv2 (default and fused attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
 (timm needs torchvision; a reference that cannot be imported is skipped and says why), and
-MMDetection's Swin V1 at the same size (window 7), what detection users would pick instead. Each row
-runs in its own process, one after another, on the same input: images/s, the ratio to the faster
-of HF and timm, and the peak memory above what the model and input held (CPU: the process's
+MMDetection's Swin V1 at the same size (window 7), what detection users would pick instead,
+on the same input. Each row runs in its own process; all of them are alive together and take
+their timed steps in turn (step ``i`` of every row before step ``i + 1`` of any), so that the
+rows are compared within seconds: a 2-core cloud machine drifts by 10-40 % between minutes, as
+much as the implementations differ. Reported: images/s of the median step; the ratio to the
+faster of HF and timm, paired step by step (the median of the per-step ratios, their quartiles
+in brackets); and the peak memory above what the model and input held (CPU: the process's
 peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
 ``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
 (the first call, with an empty Inductor cache) and its speed-up over the same model in eager
-mode. ``--rounds R`` runs every row R times, round-robin, and reports the median run with the
-range, and beside each ratio the same ratio within each round: a 2-core cloud machine drifts
-by 10-40 % between minutes, as much as the implementations differ. Below the table: the rate
-of a large matrix product in the same type, measured in the same run, and the fraction of it
-our default row achieves (2 x the multiply-accumulates MMEngine counts for the backbone, per
-second).
+mode. ``--rounds R`` does all of it R times with fresh processes, and gives the range of the
+rounds' speeds and each round's ratio. Below the table: the rate of a large matrix product in
+the same type, measured in the same run, and the fraction of it our default row achieves (2 x
+the multiply-accumulates MMEngine counts for the backbone, per second).
 
 ``--suite sequential``: our backbone at high resolution (batch 1), all windows in one attention
 call against ``attn_chunk_windows=--chunk``: a forward at each of ``--sizes``, and a training
@@ -50,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,12 +98,12 @@ def build(name, args, **options):
                              num_classes=0, global_pool='')
 
 
-def measure(model, x, args, train, compile_model=False, forward=None, autocast_step=True):
-    """images/s, peak memory above what is held before the first call, and the compile time
-    (the first call of a compiled model), of ``args.iters`` steps after ``args.warmup``.
-    ``forward(model, x)`` returns the tensor a training step backpropagates from (default: a
-    backbone's last output). ``autocast_step=False``: the step is not run under ``--dtype``'s
-    autocast (the model applies it where it can)."""
+def prepare(model, x, args, train, compile_model=False, forward=None, autocast_step=True):
+    """A row's ``step()``, after its first call and ``args.warmup - 1`` more, with the compile
+    time (the first call of a compiled model, else None) and the memory held before the first
+    call. ``forward(model, x)`` returns the tensor a training step backpropagates from
+    (default: a backbone's last output). ``autocast_step=False``: the step is not run under
+    ``--dtype``'s autocast (the model applies it where it can)."""
     model = model.to(args.device)
     model.train(train)
     held = _memory_now(x)
@@ -123,13 +126,7 @@ def measure(model, x, args, train, compile_model=False, forward=None, autocast_s
     compile_s = time.perf_counter() - start if compile_model else None
     for _ in range(args.warmup - 1):
         step()
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    seconds = time.perf_counter() - start
-    return dict(images_per_s=args.iters * x.shape[0] / seconds,
-                seconds_per_step=seconds / args.iters, peak_gib=(_peak(x) - held) / 2**30,
-                compile_s=compile_s)
+    return step, compile_s, held
 
 
 def _last_output(model, x):
@@ -290,15 +287,14 @@ def models_suite(args):
     """Whole detectors / segmentors with SwinV2-T against Swin V1-T (see the module docstring)."""
     batch = ("the recipe's training batch (2) and crop" if args.mode == 'train'
              else 'batch 1')
-    print(f'Whole models, random weights, {batch}, {args.mode}, {args.dtype}, {args.iters} '
-          f'iters after {args.warmup} warm-up, each row in its own process{_rounds(args)}; torch '
-          f'{torch.__version__}; {_device_name(args)}\n')
+    print(f'Whole models, random weights, {batch}, {args.mode}, {args.dtype}, {_method(args)}; '
+          f'torch {torch.__version__}; {_device_name(args)}\n')
     print('| model | input (batch x padded size) | images/s | seconds per step | of which '
           'backbone + neck (forward) | detections | SwinV2-T / Swin V1-T | peak memory (GiB) |')
     print('|---|---|---|---|---|---|---|---|')
     names = [name for name in WHOLE_MODELS if _selected(args, name)]
     rows = [dict(result, model=name)
-            for name, result in zip(names, run_rounds(args, [['--row', name] for name in names]))]
+            for name, result in zip(names, run_rows(args, [['--row', name] for name in names]))]
     for result in rows:
         name = result['model']
         if 'error' in result:
@@ -320,53 +316,121 @@ def models_suite(args):
 # ---- one row, in its own process ----------------------------------------------------------
 
 def row(args):
-    """Measure one model (``--row NAME``) and print the result as JSON (the child process)."""
+    """One row (``--row NAME``), the child process of a :class:`RowProcess`: build the model and
+    warm it up, send a JSON line, then time one step for each line read from stdin and send
+    its seconds; at the end of stdin a last line with the peak memory (and for a whole model
+    the seconds its backbone + neck took in each step, and its number of detections). The
+    JSON lines go to the original stdout; whatever else is printed goes to stderr."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), 'w', buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     torch.manual_seed(0)
+    train = args.mode == 'train'
     if args.suite == 'models':
         model, x, forward, autocast_step = whole_model(args.row, args)
-        result = measure(model, x, args, args.mode == 'train', forward=forward,
-                         autocast_step=autocast_step)
-        features_s = sum(model.extract_feat.seconds[-args.iters:]) / args.iters  # one per step
-        print(json.dumps(dict(result, batch=x.shape[0], input_hw=list(x.shape[2:]),
-                              features_s=features_s, detections=forward.detections)))
-        return
-    x = torch.randn(args.batch, 3, *args.hw, device=args.device)
-    if args.suite == 'sequential':
-        model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
-                                  attn_chunk_windows=args.chunk, with_cp=args.mode == 'train')
+        step, compile_s, held = prepare(model, x, args, train, forward=forward,
+                                        autocast_step=autocast_step)
     else:
-        model = build(args.row, args)
-    result = measure(model, x, args, args.mode == 'train', args.compiled)
-    print(json.dumps(result))
+        x = torch.randn(args.batch, 3, *args.hw, device=args.device)
+        if args.suite == 'sequential':
+            model = SwinTransformerV2(arch=args.arch, window_size=args.window,
+                                      drop_path_rate=0., attn_chunk_windows=args.chunk,
+                                      with_cp=train)
+        else:
+            model = build(args.row, args)
+        step, compile_s, held = prepare(model, x, args, train, args.compiled)
+    _send(channel, dict(batch=x.shape[0], input_hw=list(x.shape[2:]), compile_s=compile_s))
+    steps = 0
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step()
+        _send(channel, dict(seconds=time.perf_counter() - start))
+        steps += 1
+    last = dict(peak_gib=(_peak(x) - held) / 2**30)
+    if args.suite == 'models':  # one extract_feat call per step
+        last.update(features_s=model.extract_feat.seconds[len(model.extract_feat.seconds)
+                                                          - steps:],
+                    detections=forward.detections)
+    _send(channel, last)
 
 
-def run_row(args, extra):
-    """Run one row in a fresh process; the parsed JSON, or ``dict(error=...)``. A compiled row
-    gets an empty Inductor cache, so that its compile time is a compile's, not a cache hit's."""
-    command = [sys.executable, __file__, *args.argv, *extra]
-    with tempfile.TemporaryDirectory(prefix='inductor-cache-') as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache) if '--compiled' in extra else None
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ['failed'])[-1]
-        return dict(error=last)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _send(channel, message):
+    channel.write(json.dumps(message) + '\n')
+
+
+class RowProcess:
+    """One row in a fresh process (:func:`row`), which takes a timed step when asked. Starting
+    returns once the child has built and warmed up its model. A compiled row gets an empty
+    Inductor cache, so that its compile time is a compile's, not a cache hit's. A child that
+    fails leaves ``error``: the last line of its stderr."""
+
+    def __init__(self, args, extra):
+        self._cache = (tempfile.TemporaryDirectory(prefix='inductor-cache-')
+                       if '--compiled' in extra else None)
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=self._cache.name) if self._cache else None
+        self._stderr = tempfile.TemporaryFile(mode='w+')
+        self._child = subprocess.Popen([sys.executable, __file__, *args.argv, *extra],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=self._stderr, text=True, env=env)
+        self.error = None
+        self.seconds = []
+        self.result = self._receive() or {}
+
+    def step(self):
+        """Time one step of the child's model (nothing once it has failed)."""
+        if self.error is None and self._request('step\n'):
+            reply = self._receive()
+            if reply is not None:
+                self.seconds.append(reply['seconds'])
+
+    def finish(self) -> dict:
+        """End the child: what it sent when ready and at the end, and ``seconds`` of its
+        steps; or ``dict(error=...)``."""
+        if self.error is None:
+            self._child.stdin.close()
+            last = self._receive()
+            if last is not None:
+                self.result.update(last)
+        self._child.wait()
+        self._stderr.close()
+        if self._cache is not None:
+            self._cache.cleanup()
+        return dict(error=self.error) if self.error else dict(self.result, seconds=self.seconds)
+
+    def _request(self, line):
+        try:
+            self._child.stdin.write(line)
+            self._child.stdin.flush()
+            return True
+        except BrokenPipeError:
+            self._failed()
+            return False
+
+    def _receive(self):
+        line = self._child.stdout.readline()
+        if line:
+            return json.loads(line)
+        self._failed()
+        return None
+
+    def _failed(self):
+        self._child.wait()
+        self._stderr.seek(0)
+        self.error = (self._stderr.read().strip().splitlines() or ['failed'])[-1]
 
 
 # ---- suites -------------------------------------------------------------------------------
 
 def backbones_suite(args):
     print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
-          f'{args.batch}, {args.mode}, {args.dtype}, {args.iters} iters after {args.warmup} '
-          f'warm-up, each row in its own process{_rounds(args)}; torch {torch.__version__}; '
-          f'{_device_name(args)}\n')
+          f'{args.batch}, {args.mode}, {args.dtype}, {_method(args)}; torch '
+          f'{torch.__version__}; {_device_name(args)}\n')
     print('| model | images/s | ratio to the faster of HF and timm | compile (s) | '
           'compiled / eager | peak memory (GiB) |')
     print('|---|---|---|---|---|---|')
     wanted = [(name, compiled) for compiled in ([False, True] if args.compile else [False])
               for name in MODELS if _selected(args, name)]
-    results = run_rounds(args, [['--row', name] + (['--compiled'] if compiled else [])
-                                for name, compiled in wanted])
+    results = run_rows(args, [['--row', name] + (['--compiled'] if compiled else [])
+                              for name, compiled in wanted])
     rows = [dict(result, model=name, compiled=compiled)
             for (name, compiled), result in zip(wanted, results)]
     for compiled in ([False, True] if args.compile else [False]):
@@ -410,53 +474,87 @@ def _selected(args, name):
     return not args.models or any(word in name for word in args.models)
 
 
-def _rounds(args):
-    """The title's note on ``--rounds``."""
-    return f', {args.rounds} rounds (median)' if args.rounds > 1 else ''
+def _method(args):
+    """The title's note on how the rows were timed (see :func:`run_rows`)."""
+    rounds = f', {args.rounds} rounds with fresh processes' if args.rounds > 1 else ''
+    return (f'{args.iters} steps of each row after {args.warmup} warm-up, each row in its own '
+            f'process, the rows stepped in turn{rounds}')
 
 
-def run_rounds(args, rows):
-    """Each row of ``rows`` (a child's extra arguments) run ``args.rounds`` times, round-robin
-    so that a slow spell of the machine hits every row, each run in its own process: the
-    median run of each row."""
+def run_rows(args, rows, steps=None, rounds=None):
+    """Each row of ``rows`` (a child's extra arguments) in its own process, all alive together:
+    each builds and warms up its model alone, then step ``i`` of every row runs before step
+    ``i + 1`` of any, the order rotating from step to step. So the rows' ``i``-th steps are
+    timed within seconds of each other, whatever the machine's speed does over minutes (a
+    2-core cloud machine drifts by 10-40 % between minutes, as much as the implementations
+    differ), and their ratio is paired (see :func:`_ratio`). ``steps`` (default ``--iters``)
+    steps per row; all of it ``rounds`` (default ``--rounds``) times, with fresh processes.
+
+    Each row's result: its steps' seconds (``step_seconds``, a list per round); the median
+    step (``seconds_per_step``) and its images/s; each round's median images/s
+    (``runs_images_per_s``); the median peak memory and compile time over the rounds; for a
+    whole model the median seconds of backbone + neck (``features_s``) and its detections.
+    ``dict(error=...)`` if the row failed in any round."""
+    steps = steps or args.iters
     runs = [[] for _ in rows]
-    for _ in range(args.rounds):
-        for extra, results in zip(rows, runs):
-            results.append(run_row(args, extra))
-    return [_median_run(results) for results in runs]
+    for _ in range(rounds or args.rounds):
+        processes = [RowProcess(args, extra) for extra in rows]
+        for i in range(steps):
+            for k in range(len(processes)):
+                processes[(i + k) % len(processes)].step()
+        for results, process in zip(runs, processes):
+            results.append(process.finish())
+    return [_summary(results) for results in runs]
+
+
+def _summary(results):
+    """One row's result from its rounds' results (see :func:`run_rows`)."""
+    failed = [r for r in results if 'error' in r]
+    if failed:
+        return failed[0]
+    batch = results[0]['batch']
+    step_seconds = [r['seconds'] for r in results]
+    median_step = statistics.median(s for steps in step_seconds for s in steps)
+    compile_s = [r['compile_s'] for r in results if r['compile_s'] is not None]
+    summary = dict(batch=batch, input_hw=results[0]['input_hw'], step_seconds=step_seconds,
+                   seconds_per_step=median_step, images_per_s=batch / median_step,
+                   runs_images_per_s=[batch / statistics.median(s) for s in step_seconds],
+                   peak_gib=statistics.median(r['peak_gib'] for r in results),
+                   compile_s=statistics.median(compile_s) if compile_s else None)
+    if 'features_s' in results[0]:
+        summary.update(features_s=statistics.median(s for r in results for s in r['features_s']),
+                       detections=results[-1]['detections'])
+    return summary
 
 
 def _speed(result, digits):
-    """images/s, with the range over the rounds when there were several."""
+    """images/s of the median step, with the range of the rounds' when there were several."""
     runs = result['runs_images_per_s']
     spread = f' ({min(runs):.{digits}f}-{max(runs):.{digits}f})' if len(runs) > 1 else ''
     return f"{result['images_per_s']:.{digits}f}{spread}"
 
 
 def _ratio(result, references):
-    """``result``'s images/s over the fastest of ``references`` (results of the same rounds),
-    as text: the ratio of the median runs and, with several rounds, each round's ratio against
-    that round's fastest reference (also kept as ``result['ratio_per_round']``). A round's
-    rows run within minutes of each other, so its ratio is paired: the spread of the per-round
-    ratios shows how far the machine's drift moves the comparison."""
-    text = f"{result['images_per_s'] / max(r['images_per_s'] for r in references):.2f}"
-    per_round = [max(speeds) for speeds in zip(*(r['runs_images_per_s'] for r in references))]
+    """``result``'s speed over the fastest of ``references`` (by median step; all from the
+    same :func:`run_rows`), paired step by step: the median over the steps of the reference's
+    ``i``-th step time over ``result``'s ``i``-th, with the quartiles of those ratios in
+    brackets and, with several rounds, each round's median. Kept in ``result`` as ``ratio``,
+    ``ratio_quartiles`` and ``ratio_per_round``."""
+    reference = min(references, key=lambda r: r['seconds_per_step'])
+    scale = result['batch'] / reference['batch']  # images per step
+    per_round = [[scale * theirs / ours for ours, theirs in zip(mine, their_steps)]
+                 for mine, their_steps in zip(result['step_seconds'], reference['step_seconds'])]
+    ratios = [r for steps in per_round for r in steps]
+    result['ratio'] = statistics.median(ratios)
+    text = f"{result['ratio']:.2f}"
+    if len(ratios) > 1:
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+        result['ratio_quartiles'] = [q1, q3]
+        text += f' [{q1:.2f}-{q3:.2f}]'
     if len(per_round) > 1:
-        result['ratio_per_round'] = [speed / reference for speed, reference
-                                     in zip(result['runs_images_per_s'], per_round)]
+        result['ratio_per_round'] = [statistics.median(r) for r in per_round]
         text += ' (rounds: ' + ', '.join(f'{v:.2f}' for v in result['ratio_per_round']) + ')'
     return text
-
-
-def _median_run(results):
-    """The run with the median images/s (the lower middle one of an even count), with every
-    run's images/s in ``runs_images_per_s``; the first error if any run failed."""
-    failed = [r for r in results if 'error' in r]
-    if failed:
-        return failed[0]
-    ordered = sorted(results, key=lambda r: r['images_per_s'])
-    return dict(ordered[(len(ordered) - 1) // 2],
-                runs_images_per_s=[r['images_per_s'] for r in results])
 
 
 def sequential_suite(args):
@@ -470,9 +568,10 @@ def sequential_suite(args):
     for size, train in [(size, False) for size in args.sizes] + [(args.sizes[0], True)]:
         unchunked = None
         for chunk in (0, args.chunk):
-            result = run_row(args, ['--row', 'sequential', '--size', str(size), '--chunk',
-                                    str(chunk), '--batch', '1', '--iters', '1', '--warmup', '1']
-                             + (['--mode', 'train'] if train else []))
+            result = run_rows(args, [['--row', 'sequential', '--size', str(size), '--chunk',
+                                      str(chunk), '--batch', '1', '--warmup', '1']
+                                     + (['--mode', 'train'] if train else [])],
+                              steps=1, rounds=1)[0]
             step = 'train, with_cp' if train else 'forward'
             rows.append(dict(result, size=size, step=step, chunk=chunk))
             if 'error' in result:
@@ -508,9 +607,8 @@ def parse_args(argv=None):
                         help='only the rows whose name contains one of these words '
                              '(e.g. mmswinv2 HF)')
     parser.add_argument('--rounds', type=int, default=1,
-                        help='run every row this many times, round-robin, and report the '
-                             'median run')
-    parser.add_argument('--iters', type=int, default=10)
+                        help='measure this many times, each time with fresh processes')
+    parser.add_argument('--iters', type=int, default=10, help='timed steps of each row')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch)')
     parser.add_argument('--sizes', type=int, nargs='+', default=[1536, 2048],
