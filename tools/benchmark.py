@@ -16,9 +16,9 @@ MMDetection's Swin V1 at the same size (window 7), what detection users would pi
 on the same input. Each row runs in its own process; all of them are alive together and take
 their timed steps in turn (step ``i`` of every row before step ``i + 1`` of any), so that the
 rows are compared within seconds: a 2-core cloud machine drifts by 10-40 % between minutes, as
-much as the implementations differ. Reported: images/s of the median step; the ratio to the
-faster of HF and timm, paired step by step (the median of the per-step ratios, their quartiles
-in brackets); and the peak memory above what the model and input held (CPU: the process's
+much as the implementations differ. Reported: images/s of the median step; the ratios to the
+faster of HF and timm and to HF, paired step by step (the median of the per-step ratios, their
+quartiles in brackets); and the peak memory above what the model and input held (CPU: the process's
 peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
 ``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
 (the first call, with an empty Inductor cache) and its speed-up over the same model in eager
@@ -305,7 +305,7 @@ def models_suite(args):
         if 'V1' in name:
             v2 = next((r for r in rows if r['model'] == name.split(',')[0] + ', SwinV2-T'
                        and 'error' not in r), None)
-            ratio = _ratio(v2, [result]) if v2 else ''
+            ratio = _ratio(v2, [result], 'ratio_to_v1') if v2 else ''
         print(f"| {name} | {result['batch']} x {size} | {_speed(result, 3)} | "
               f"{result['seconds_per_step']:.2f} | {result['features_s']:.2f} | "
               f"{result['detections'] if result['detections'] is not None else ''} | {ratio} | "
@@ -424,9 +424,9 @@ def backbones_suite(args):
     print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
           f'{args.batch}, {args.mode}, {args.dtype}, {_method(args)}; torch '
           f'{torch.__version__}; {_device_name(args)}\n')
-    print('| model | images/s | ratio to the faster of HF and timm | compile (s) | '
+    print('| model | images/s | ratio to the faster of HF and timm | ratio to HF | compile (s) | '
           'compiled / eager | peak memory (GiB) |')
-    print('|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|')
     wanted = [(name, compiled) for compiled in ([False, True] if args.compile else [False])
               for name in MODELS if _selected(args, name)]
     results = run_rows(args, [['--row', name] + (['--compiled'] if compiled else [])
@@ -436,14 +436,16 @@ def backbones_suite(args):
     for compiled in ([False, True] if args.compile else [False]):
         references = [r for r in rows if r['model'] in REFERENCES
                       and r['compiled'] == compiled and 'error' not in r]
+        hf = [r for r in references if r['model'].startswith('HF')]
         for r in rows:
             if r['compiled'] != compiled:
                 continue
             name = r['model'] + (', compiled' if compiled else '')
             if 'error' in r:
-                print(f"| {name} | skipped: {r['error']} | | | | |")
+                print(f"| {name} | skipped: {r['error']} | | | | | |")
                 continue
-            ratio = _ratio(r, references) if references else 'n/a'
+            ratio = _ratio(r, references, 'ratio_to_faster') if references else 'n/a'
+            ratio_hf = _ratio(r, hf, 'ratio_to_hf') if hf else 'n/a'
             compile_s = speed_up = ''
             if compiled:
                 compile_s = f"{r['compile_s']:.0f}"
@@ -452,7 +454,7 @@ def backbones_suite(args):
                 if eager is not None:
                     r['speed_up'] = r['images_per_s'] / eager['images_per_s']
                     speed_up = f"{r['speed_up']:.2f}"
-            print(f"| {name} | {_speed(r, 2)} | {ratio} | {compile_s} | {speed_up} | "
+            print(f"| {name} | {_speed(r, 2)} | {ratio} | {ratio_hf} | {compile_s} | {speed_up} | "
                   f"{r['peak_gib']:.2f} |", flush=True)
     rate = matmul_rate(args)
     ours = next((r for r in rows if r['model'] == OURS and not r['compiled'] and 'error' not in r),
@@ -534,26 +536,26 @@ def _speed(result, digits):
     return f"{result['images_per_s']:.{digits}f}{spread}"
 
 
-def _ratio(result, references):
+def _ratio(result, references, key):
     """``result``'s speed over the fastest of ``references`` (by median step; all from the
     same :func:`run_rows`), paired step by step: the median over the steps of the reference's
     ``i``-th step time over ``result``'s ``i``-th, with the quartiles of those ratios in
-    brackets and, with several rounds, each round's median. Kept in ``result`` as ``ratio``,
-    ``ratio_quartiles`` and ``ratio_per_round``."""
+    brackets and, with several rounds, each round's median. Returned as text and kept as
+    ``result[key]`` (``median``, ``quartiles``, ``per_round``)."""
     reference = min(references, key=lambda r: r['seconds_per_step'])
     scale = result['batch'] / reference['batch']  # images per step
     per_round = [[scale * theirs / ours for ours, theirs in zip(mine, their_steps)]
                  for mine, their_steps in zip(result['step_seconds'], reference['step_seconds'])]
     ratios = [r for steps in per_round for r in steps]
-    result['ratio'] = statistics.median(ratios)
-    text = f"{result['ratio']:.2f}"
+    paired = result[key] = dict(median=statistics.median(ratios))
+    text = f"{paired['median']:.2f}"
     if len(ratios) > 1:
         q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
-        result['ratio_quartiles'] = [q1, q3]
+        paired['quartiles'] = [q1, q3]
         text += f' [{q1:.2f}-{q3:.2f}]'
     if len(per_round) > 1:
-        result['ratio_per_round'] = [statistics.median(r) for r in per_round]
-        text += ' (rounds: ' + ', '.join(f'{v:.2f}' for v in result['ratio_per_round']) + ')'
+        paired['per_round'] = [statistics.median(r) for r in per_round]
+        text += ' (rounds: ' + ', '.join(f'{v:.2f}' for v in paired['per_round']) + ')'
     return text
 
 
