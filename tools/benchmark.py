@@ -385,21 +385,28 @@ class RowProcess:
     def finish(self) -> dict:
         """End the child: what it sent when ready and at the end, and ``seconds`` of its
         steps; or ``dict(error=...)``."""
-        if self.error is None:
-            self._child.stdin.close()
+        if self.error is None and self._request(None):
             last = self._receive()
             if last is not None:
                 self.result.update(last)
         self._child.wait()
-        self._stderr.close()
+        for stream in (self._child.stdin, self._child.stdout, self._stderr):
+            try:
+                stream.close()
+            except BrokenPipeError:  # input the child never read
+                pass
         if self._cache is not None:
             self._cache.cleanup()
         return dict(error=self.error) if self.error else dict(self.result, seconds=self.seconds)
 
     def _request(self, line):
+        """Send ``line`` to the child, or end its input if None; False if it has died."""
         try:
-            self._child.stdin.write(line)
-            self._child.stdin.flush()
+            if line is None:
+                self._child.stdin.close()
+            else:
+                self._child.stdin.write(line)
+                self._child.stdin.flush()
             return True
         except BrokenPipeError:
             self._failed()
