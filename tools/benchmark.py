@@ -18,8 +18,8 @@ their timed steps in turn (step ``i`` of every row before step ``i + 1`` of any)
 rows are compared within seconds: a 2-core cloud machine drifts by 10-40 % between minutes, as
 much as the implementations differ. Reported: images/s of the median step; the ratios to the
 faster of HF and timm and to HF, paired step by step (the median of the per-step ratios, their
-quartiles in brackets); and the peak memory above what the model and input held (CPU: the process's
-peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
+quartiles in brackets); and the peak memory above what the model and input held (CPU: the
+process's peak resident set; CUDA: ``max_memory_allocated``). ``--dtype bf16|fp16`` runs under
 ``torch.autocast``. ``--compile`` adds a ``torch.compile``d row per model with its compile time
 (the first call, with an empty Inductor cache) and its speed-up over the same model in eager
 mode. ``--rounds R`` does all of it R times with fresh processes, and gives the range of the
@@ -346,10 +346,9 @@ def row(args):
         _send(channel, dict(seconds=time.perf_counter() - start))
         steps += 1
     last = dict(peak_gib=(_peak(x) - held) / 2**30)
-    if args.suite == 'models':  # one extract_feat call per step
-        last.update(features_s=model.extract_feat.seconds[len(model.extract_feat.seconds)
-                                                          - steps:],
-                    detections=forward.detections)
+    if args.suite == 'models':
+        calls = model.extract_feat.seconds  # one per call: the warm-up's, then the steps'
+        last.update(features_s=calls[len(calls) - steps:], detections=forward.detections)
     _send(channel, last)
 
 
