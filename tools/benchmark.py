@@ -543,12 +543,12 @@ def _speed(result, digits):
 
 
 def _ratio(result, references, key):
-    """``result``'s speed over the fastest of ``references`` (by median step; all from the
-    same :func:`run_rows`), paired step by step: the median over the steps of the reference's
-    ``i``-th step time over ``result``'s ``i``-th, with the quartiles of those ratios in
-    brackets and, with several rounds, each round's median. Returned as text and kept as
-    ``result[key]`` (``median``, ``quartiles``, ``per_round``)."""
-    reference = min(references, key=lambda r: r['seconds_per_step'])
+    """``result``'s speed over the fastest of ``references`` (by images/s of the median step;
+    all from the same :func:`run_rows`), paired step by step: the median over the steps of
+    ``result``'s images/s in its ``i``-th step over the reference's in its ``i``-th, with the
+    quartiles of those ratios in brackets and, with several rounds, each round's median.
+    Returned as text and kept as ``result[key]`` (``median``, ``quartiles``, ``per_round``)."""
+    reference = max(references, key=lambda r: r['images_per_s'])
     scale = result['batch'] / reference['batch']  # images per step
     per_round = [[scale * theirs / ours for ours, theirs in zip(mine, their_steps)]
                  for mine, their_steps in zip(result['step_seconds'], reference['step_seconds'])]
