@@ -12,6 +12,7 @@ window multiples, so padding before the shift (pad != shift) is exercised.
 """
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Swinv2Backbone, Swinv2Config
 
 from mmswinv2 import SwinTransformerV2
@@ -75,3 +76,14 @@ def test_fused_attention_is_the_same_function_as_hf():
         theirs = hf(x).feature_maps
     for i, (a, b) in enumerate(zip(raw_stage_outputs(ours, x)[0], theirs)):
         assert max_abs_diff(a, b) <= FP64_TOL, f'stage {i}'
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_attention_runs_the_fused_kernel_in_every_block(dtype):
+    """Only the CPU flash kernel is allowed here: an unshifted block's bias once went to SDPA in
+    3-D, and for that the dispatcher silently fell back to its unfused math kernel."""
+    model = SwinTransformerV2(arch='tiny', window_size=8, fused_attention=True).to(dtype).eval()
+    x = torch.randn(1, 3, 128, 96, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        outputs = model(x)
+    assert all(o.isfinite().all() for o in outputs)
