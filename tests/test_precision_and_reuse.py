@@ -49,7 +49,8 @@ def test_reused_and_recomputed_paths_are_equal(x):
     fresh = outputs(model, x, grad=True)  # parameters require grad: nothing is reused
     assert reuse_entries(model) == 0
     first = outputs(model, x)
-    assert reuse_entries(model) == 2 * 8  # position bias and qkv bias of each of 8 blocks
+    # position bias, qkv bias and whether the floor can bind (see below), of each of 8 blocks
+    assert reuse_entries(model) == 3 * 8
     assert_same(first, fresh)
     for a, b in zip(outputs(model, x), first, strict=True):  # from the reused tensors
         assert torch.equal(a, b)
@@ -150,11 +151,15 @@ def test_no_subnormal_floats_reach_the_fp32_products_on_the_cpu(fused, monkeypat
         return linear(x, weight, *args)
 
     def seen_softmax(logits, floor):
-        assert floor  # fp32 on the CPU
         seen.append(softmax(logits, floor and not unfloored).clone())
         return seen[-1]
+
+    def masked_windows_floor(logits):  # where only the masked windows are floored
+        return logits if unfloored else floor_(logits)
+    floor_ = attention.raise_to_floor_
     monkeypatch.setattr(attention, 'linear', seen_linear)
     monkeypatch.setattr(attention, '_softmax', seen_softmax)
+    monkeypatch.setattr(attention, 'raise_to_floor_', masked_windows_floor)
     seen, unfloored = [], False
 
     def subnormals():
@@ -215,6 +220,70 @@ def test_no_subnormal_floats_reach_the_fp32_products_of_a_training_step_on_the_c
         assert not any(found.values()), found
     else:
         assert found[UNFLUSHED[unflushed]] > 0, found
+
+
+def attention_modules(model):
+    return [m for m in model.modules() if isinstance(m, attention.WindowAttentionV2)]
+
+
+@pytest.mark.parametrize('scales', ['initial', 'randomised', 'clamped'])
+def test_the_floor_is_left_out_only_where_it_cannot_bind(scales, monkeypatch):
+    """In CPU inference only the masked windows are floored in a block whose unmasked logits
+    cannot spread over 60 (``_floor_can_bind``: at most twice the logit scale plus the position
+    bias's spread). Checked: the bound holds for the logits actually seen; the outputs are those
+    of flooring every window, bit for bit; initial scales (ln 10) leave every block out, logit
+    scales at the ln 100 clamp none, randomised ones (ln 5 to ln 120) some."""
+    if scales == 'initial':
+        model = SwinTransformerV2(arch=SMALL, drop_path_rate=0.)
+        model.init_weights()
+    else:
+        model = small_model()
+    model.eval()
+    if scales == 'clamped':
+        with torch.no_grad():
+            for module in attention_modules(model):
+                module.logit_scale.fill_(attention.MAX_LOGIT_SCALE)
+    x = torch.randn(2, 3, 100, 132, generator=torch.Generator().manual_seed(0))  # padded, shifted
+
+    spreads = {}  # module -> largest spread of an unmasked row of logits, the floor left out
+    explicit = attention.WindowAttentionV2._explicit
+
+    def seen_explicit(self, q, k, v, bias, mask, rows=None, floor=False, masked_floor_only=False):
+        if masked_floor_only:
+            logits = q @ k.transpose(-2, -1) + bias
+            spread = (logits.amax(-1, keepdim=True) - logits).max().item()
+            spreads[self] = max(spreads.get(self, 0.), spread)
+        return explicit(self, q, k, v, bias, mask, rows, floor, masked_floor_only)
+    monkeypatch.setattr(attention.WindowAttentionV2, '_explicit', seen_explicit)
+    with torch.no_grad():
+        partly = model(x)
+    assert max(spreads.values(), default=0.) < -lean.LOGIT_FLOOR
+    left_out = len(spreads) / len(attention_modules(model))
+    assert {'initial': left_out == 1, 'clamped': left_out == 0,
+            'randomised': 0 < left_out < 1}[scales], left_out
+
+    monkeypatch.setattr(attention.WindowAttentionV2, '_floor_can_bind', lambda *_: True)
+    with torch.no_grad():
+        for a, b in zip(partly, model(x), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_a_logit_scale_raised_after_an_eval_forward_floors_every_window(x, monkeypatch):
+    model = SwinTransformerV2(arch=SMALL, drop_path_rate=0.)
+    model.init_weights()  # logit scales ln 10: the floor is left out of the unmasked windows
+    model.eval()
+    floors = []
+    softmax = attention._softmax
+    monkeypatch.setattr(attention, '_softmax',
+                        lambda logits, floor: floors.append(floor) or softmax(logits, floor))
+    with torch.no_grad():
+        model(x)
+        assert not any(floors)
+        for module in attention_modules(model):
+            module.logit_scale.fill_(attention.MAX_LOGIT_SCALE)
+        floors.clear()
+        model(x)
+    assert floors and all(floors)
 
 
 @pytest.mark.parametrize('floor', [False, True])

@@ -187,21 +187,25 @@ class ShiftMask:
         logits gradient once per slice (measured: a tenth of a SwinV2-T training step on CPU).
         The logits must not be needed by the backward of what made them (a product's output
         is not)."""
+        with torch.no_grad():
+            for windows, pattern in self.regions(logits, rows):
+                windows += pattern
+        return logits
+
+    def regions(self, logits: torch.Tensor, rows: Optional[Size2] = None) -> list:
+        """``(windows, pattern)`` pairs: views of the ``(B * nW, heads, N, N)`` logits (or of
+        window ``rows`` of one image, as in :meth:`add_to`) that the mask touches, each with
+        the ``(1, N, N)`` pattern they get; the interior windows are in none of them."""
         gh, gw = self.grid
         r0, r1 = rows if rows is not None else (0, gh)
         grid = logits.view(-1, r1 - r0, gw, *logits.shape[1:])
         row, column, corner = (p.unsqueeze(0) for p in self.patterns[1:])  # (1, N, N)
         last_row = self.shift[0] and r1 == gh  # the rows hold the image's last row
-        with torch.no_grad():
-            if self.shift[1]:
-                last_column = grid[:, :-1, -1] if last_row else grid[:, :, -1]
-                last_column += column
-            if last_row and self.shift[1]:
-                grid[:, -1, :-1] += row
-                grid[:, -1, -1] += corner
-            elif last_row:
-                grid[:, -1] += row
-        return logits
+        if last_row and self.shift[1]:
+            return [(grid[:, :-1, -1], column), (grid[:, -1, :-1], row), (grid[:, -1, -1], corner)]
+        if last_row:
+            return [(grid[:, -1], row)]
+        return [(grid[:, :, -1], column)] if self.shift[1] else []
 
     def windows(self, start: int, stop: int) -> torch.Tensor:
         """``(stop - start, N, N)`` masks of windows ``start .. stop - 1`` (of the whole batch)."""
