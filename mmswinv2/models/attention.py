@@ -228,12 +228,16 @@ class WindowAttentionV2(nn.Module):
         the identity, exactly. Reused outside training, as the position bias is."""
         def compute():
             bias = self.position_bias(window)
-            scale = torch.clamp(self.logit_scale.detach().float(), max=MAX_LOGIT_SCALE).exp()
-            spread = 2 * scale.flatten() + (bias.amax((-2, -1)) - bias.amin((-2, -1))).float()
+            bias_spread = (bias.amax((-2, -1)) - bias.amin((-2, -1))).float()
+            spread = 2 * self.temperature(torch.float32).flatten() + bias_spread
             return bool(spread.max() >= -LOGIT_FLOOR - 1)
         return self._reused('floor_can_bind', compute,
                             [self.logit_scale, *self.cpb_mlp.parameters()], tuple(window),
                             self.pretrained_window_size)
+
+    def temperature(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(heads, 1, 1)``: the factor on the cosines, ``exp(min(logit_scale, ln 100))``."""
+        return torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
 
     def qkv_bias(self) -> Optional[torch.Tensor]:
         """``(3 * dim,)``: q bias, zero (or the learnt) k bias, v bias; None without biases."""
@@ -277,7 +281,7 @@ class WindowAttentionV2(nn.Module):
         q, k, v = qkv.view(BnW, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
-            scale = torch.clamp(self.logit_scale.to(dtype), max=MAX_LOGIT_SCALE).exp()
+            scale = self.temperature(dtype)
             # q and k out of the qkv rows in one copy each, contiguous per head as the product
             # needs them (else it copies them itself and keeps the copies for backward)
             q, k = (_contiguous(t, dtype) for t in (q, k))
