@@ -212,6 +212,38 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-5 * r.abs().max().item())
 
 
+@pytest.mark.parametrize('dtype', ['fp32', 'bf16'])
+@pytest.mark.parametrize('block_bytes', [1, 8000, 2**20])
+def test_stage_outputs_normalised_in_blocks_equal_the_whole_map(block_bytes, dtype, monkeypatch):
+    """CPU inference normalises and transposes a large stage output in blocks of rows of one
+    image (here one row, a few rows, or all at once); each value is computed as on the whole
+    map, so the outputs are equal bit for bit, contiguous NCHW, in fp32 and under bf16
+    autocast."""
+    import mmswinv2.models.swin_transformer_v2 as backbone
+    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
+                       seed=0).eval()
+    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
+    norm_calls = []
+    for i in range(4):
+        getattr(model, f'norm{i}').register_forward_hook(
+            lambda module, args, out: norm_calls.append(args[0].shape[:-1]))
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16, enabled=dtype == 'bf16'):
+        whole = model(x)
+        assert len(norm_calls) == 4
+        monkeypatch.setattr(backbone, 'NCHW_BLOCK_BYTES', block_bytes)
+        in_blocks = model(x)
+    # maps of 38, 19, 10 and 5 rows of 3072 bytes in fp32 (1536 in bf16), per image: 1 byte,
+    # one row per block; 8000 bytes, 2 rows (5 in bf16), the maps of up to 5 rows (10) whole;
+    # 1 MiB, all whole
+    calls = {1: 2 * (38 + 19 + 10 + 5), 8000: 2 * (19 + 10 + 5) + 1, 2**20: 4}[block_bytes]
+    if dtype == 'bf16' and block_bytes == 8000:
+        calls = 2 * (8 + 4) + 2
+    assert len(norm_calls) - 4 == calls
+    for a, b in zip(whole, in_blocks, strict=True):
+        assert b.is_contiguous() and b.dtype == a.dtype
+        assert torch.equal(b, a)
+
+
 def test_cpu_inference_leaves_each_block_input_untouched(monkeypatch):
     """CPU inference writes each residual sum over the block's own gathers into and out of
     windows (one and several pieces), never over the tensor the block was given."""

@@ -12,6 +12,7 @@ from ..registry import MODELS
 from . import onednn
 from .attention import auto_fused
 from .blocks import SwinStageV2
+from .lean_autograd import eager_cpu_inference
 
 #: Published SwinV2 sizes (embed dims, blocks per stage, heads per stage).
 ARCH_SETTINGS: Dict[str, dict] = {
@@ -254,8 +255,7 @@ class SwinTransformerV2(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(x)
-                outs.append(out.permute(0, 3, 1, 2).contiguous())
+                outs.append(norm_to_nchw(x, getattr(self, f'norm{i}')))
         return tuple(outs)
 
     @property
@@ -347,6 +347,35 @@ class SwinTransformerV2(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+
+
+#: CPU inference normalises and transposes stage outputs in blocks of about this many bytes of
+#: map (see :func:`norm_to_nchw`).
+NCHW_BLOCK_BYTES = 2**20
+
+
+def norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``norm(x)`` of a ``(B, H, W, C)`` map, as a contiguous ``(B, C, H, W)`` tensor.
+
+    In CPU inference, an image larger than two blocks of :data:`NCHW_BLOCK_BYTES` is done in
+    blocks of whole rows, each normalised and transposed into the output while it is in cache.
+    Done at once, the transposing copy reads the map once per channel, from memory once the
+    map outgrows the cache, and the norm's map-sized output is faulted in afresh
+    (SwinV2-T at 800x1344, Intel Xeon, 2 threads: norm and transpose of stage 1's map 39.5
+    -> 10.9 ms in fp32, 17.7 -> 8.8 ms in bf16; maps of 1.5 MB, as at 8 x 256², no faster)."""
+    B, H, W, C = x.shape
+    row_bytes = W * C * x.element_size()
+    if H * row_bytes <= 2 * NCHW_BLOCK_BYTES or not eager_cpu_inference(x, norm.weight):
+        return norm(x).permute(0, 3, 1, 2).contiguous()
+    rows = max(1, NCHW_BLOCK_BYTES // row_bytes)
+    out = None
+    for image in range(B):
+        for top in range(0, H, rows):
+            block = norm(x[image, top:top + rows]).permute(2, 0, 1)  # (C, rows, W)
+            if out is None:
+                out = block.new_empty(B, C, H, W)
+            out[image, :, top:top + rows] = block
+    return out
 
 
 _LOGGED_ATTENTION_CHOICES = set()
