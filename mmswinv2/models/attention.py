@@ -283,8 +283,9 @@ class WindowAttentionV2(nn.Module):
             dtype = _logit_dtype(q.dtype)
             scale = self.temperature(dtype)
             # q and k out of the qkv rows in one copy each, contiguous per head as the product
-            # needs them (else it copies them itself and keeps the copies for backward)
-            q, k = (_contiguous(t, dtype) for t in (q, k))
+            # needs them (else it copies them itself and keeps the copies for backward): the
+            # normalisation's output, or where a cast comes first (or a graph is traced) its
+            q, k = (_contiguous(t, dtype) if t.dtype != dtype or traced() else t for t in (q, k))
             q = scaled_normalize(q, scale)  # the logit scale folded into q
             k = scaled_normalize(k)
             fused = self.fused if self.fused != 'auto' else auto_fused(x.device.type)
