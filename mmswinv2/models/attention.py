@@ -282,9 +282,10 @@ class WindowAttentionV2(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32 (see above)
             dtype = _logit_dtype(q.dtype)
             scale = self.temperature(dtype)
-            # q and k out of the qkv rows in one copy each, contiguous per head as the product
-            # needs them (else it copies them itself and keeps the copies for backward): the
-            # normalisation's output, or where a cast comes first (or a graph is traced) its
+            # q and k contiguous per head, as the product needs them (else it copies them
+            # itself and keeps the copies for backward), in one copy each: the normalisation's
+            # output, read straight from the qkv rows; or the cast's, where one comes first
+            # (or where a graph is traced)
             q, k = (_contiguous(t, dtype) if t.dtype != dtype or traced() else t for t in (q, k))
             q = scaled_normalize(q, scale)  # the logit scale folded into q
             k = scaled_normalize(k)

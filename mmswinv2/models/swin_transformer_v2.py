@@ -360,9 +360,10 @@ def norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     In CPU inference, an image larger than two blocks of :data:`NCHW_BLOCK_BYTES` is done in
     blocks of whole rows, each normalised and transposed into the output while it is in cache.
     Done at once, the transposing copy reads the map once per channel, from memory once the
-    map outgrows the cache, and the norm's map-sized output is faulted in afresh
-    (SwinV2-T at 800x1344, Intel Xeon, 2 threads: norm and transpose of stage 1's map 39.5
-    -> 10.9 ms in fp32, 17.7 -> 8.8 ms in bf16; maps of 1.5 MB, as at 8 x 256², no faster)."""
+    map outgrows the cache, and the norm's map-sized output is faulted in afresh (SwinV2-T at
+    800x1344, Intel Xeon, 2 threads, the four outputs timed in the forward: 38.8 -> 18.2 ms
+    in fp32, 31.0 -> 16.9 ms under bf16 autocast; in blocks, maps of 1.5 MB per image, as at
+    8 x 256², were no faster)."""
     B, H, W, C = x.shape
     row_bytes = W * C * x.element_size()
     if H * row_bytes <= 2 * NCHW_BLOCK_BYTES or not eager_cpu_inference(x, norm.weight):
