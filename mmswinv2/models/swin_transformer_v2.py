@@ -10,7 +10,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from ..registry import MODELS
 from . import onednn
-from .attention import auto_fused
+from .attention import auto_fused, spans
 from .blocks import SwinStageV2
 from .lean_autograd import eager_cpu_inference
 
@@ -368,14 +368,13 @@ def norm_to_nchw(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     row_bytes = W * C * x.element_size()
     if H * row_bytes <= 2 * NCHW_BLOCK_BYTES or not eager_cpu_inference(x, norm.weight):
         return norm(x).permute(0, 3, 1, 2).contiguous()
-    rows = max(1, NCHW_BLOCK_BYTES // row_bytes)
     out = None
     for image in range(B):
-        for top in range(0, H, rows):
-            block = norm(x[image, top:top + rows]).permute(2, 0, 1)  # (C, rows, W)
+        for top, bottom in spans(H, max(1, NCHW_BLOCK_BYTES // row_bytes)):
+            block = norm(x[image, top:bottom]).permute(2, 0, 1)  # (C, rows, W)
             if out is None:
                 out = block.new_empty(B, C, H, W)
-            out[image, :, top:top + rows] = block
+            out[image, :, top:bottom] = block
     return out
 
 
