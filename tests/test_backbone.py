@@ -178,6 +178,22 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
                                    msg=name)
 
 
+@pytest.mark.parametrize('total,step', [(0, 3), (1, 1), (5, 5), (6, 5), (32768, 5461),
+                                        (38, 2), (19, 2), (7, 100)])
+def test_spans_cover_in_as_few_even_ranges_as_the_step_allows(total, step):
+    """The pieces of CPU inference: consecutive ranges covering ``range(total)``, each at most
+    ``step`` long, as few as that allows, their lengths differing by at most one (no stray
+    short piece at the end, such as 2 of 32768 tokens after six of 5461)."""
+    from mmswinv2.models.attention import spans
+    ranges = spans(total, step)
+    assert ranges[0][0] == 0 and ranges[-1][1] == total
+    assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))
+    lengths = [stop - start for start, stop in ranges]
+    assert max(lengths) <= step
+    assert len(ranges) == max(1, math.ceil(total / step))
+    assert max(lengths) - min(lengths) <= 1
+
+
 @pytest.mark.parametrize('piece_bytes', [1, 200_000, 400_000, 1_000_000])
 def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     """CPU inference attends windows (and runs the MLP) in pieces of about PIECE_BYTES. Stage 1

@@ -201,13 +201,15 @@ class WindowAttentionV2(nn.Module):
         windows = max(1, PIECE_BYTES // per_window)
         if BnW <= windows:
             return [(0, BnW, None)]
-        if mask is None or windows >= mask.num_windows:  # any windows, or whole images
-            step = windows if mask is None else windows // mask.num_windows * mask.num_windows
-            return [(start, stop, None) for start, stop in spans(BnW, step)]
+        if mask is None:  # any windows
+            return [(start, stop, None) for start, stop in spans(BnW, windows)]
         nW, (gh, gw) = mask.num_windows, mask.grid
-        step = max(1, windows // gw)  # rows of windows of one image
-        return [(image + r0 * gw, image + min(r0 + step, gh) * gw, (r0, min(r0 + step, gh)))
-                for image in range(0, BnW, nW) for r0 in range(0, gh, step)]
+        if windows >= nW:  # whole images
+            return [(first * nW, last * nW, None)
+                    for first, last in spans(BnW // nW, windows // nW)]
+        # rows of windows of one image
+        return [(image + r0 * gw, image + r1 * gw, (r0, r1))
+                for image in range(0, BnW, nW) for r0, r1 in spans(gh, max(1, windows // gw))]
 
     def position_bias(self, window: Size2) -> torch.Tensor:
         """The ``(heads, N, N)`` fp32 bias of a ``window`` (reused outside training)."""
@@ -371,9 +373,13 @@ def assemble(x: torch.Tensor, pieces: Sequence[tuple], compute: Callable,
 
 
 def spans(total: int, step: int) -> list:
-    """``(start, stop)`` ranges of ``step`` (the last may be shorter) covering ``range(total)``;
-    one range when ``total <= step``."""
-    return [(start, min(start + step, total)) for start in range(0, max(total, 1), step)]
+    """``(start, stop)`` ranges covering ``range(total)`` in order: as few as ranges of at most
+    ``step`` allow, their lengths differing by at most one (no short last range: 32768 tokens
+    in ranges of at most 5461 are seven of 4681 or 4682, not six of 5461 and one of 2); one
+    range when ``total <= step``."""
+    count = max(1, -(-total // step))
+    bounds = [total * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _softmax(logits: torch.Tensor, floor: bool = False) -> torch.Tensor:
