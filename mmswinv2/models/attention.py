@@ -373,10 +373,10 @@ def assemble(x: torch.Tensor, pieces: Sequence[tuple], compute: Callable,
 
 
 def spans(total: int, step: int) -> list:
-    """``(start, stop)`` ranges covering ``range(total)`` in order: as few as ranges of at most
-    ``step`` allow, their lengths differing by at most one (no short last range: 32768 tokens
-    in ranges of at most 5461 are seven of 4681 or 4682, not six of 5461 and one of 2); one
-    range when ``total <= step``."""
+    """``(start, stop)`` ranges covering ``range(total)`` in order: the fewest ranges of at most
+    ``step`` that do, their lengths differing by at most one (no short last range: 32768
+    tokens in ranges of at most 5461 are seven of 4681 or 4682, not six of 5461 and one of 2);
+    one range when ``total <= step``."""
     count = max(1, -(-total // step))
     bounds = [total * i // count for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
