@@ -249,8 +249,8 @@ def test_stage_outputs_normalised_in_blocks_equal_the_whole_map(block_bytes, dty
         monkeypatch.setattr(backbone, 'NCHW_BLOCK_BYTES', block_bytes)
         in_blocks = model(x)
     # per image, maps of 38, 19, 10 and 5 rows of 3072 bytes in fp32 (1536 in bf16). 1 byte:
-    # one row per block. 8000 bytes: blocks of 2 rows (5 in bf16), and the maps of at most
-    # 5 rows (10 in bf16) whole. 1 MiB: every map whole.
+    # one row per block. 8000 bytes: as few blocks of at most 2 rows (5 in bf16) as cover a
+    # map, and the maps of at most 5 rows (10 in bf16) whole. 1 MiB: every map whole.
     calls = {1: 2 * (38 + 19 + 10 + 5), 8000: 2 * (19 + 10 + 5) + 1, 2**20: 4}[block_bytes]
     if dtype == 'bf16' and block_bytes == 8000:
         calls = 2 * (8 + 4) + 2
