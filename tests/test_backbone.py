@@ -411,3 +411,18 @@ def test_patch_embedding_gets_a_channels_last_image_on_cpu_only(device, channels
     tokens = embed(torch.randn(1, 3, 16, 24, device=device))
     assert layouts == [channels_last]
     assert tuple(tokens.shape) == (1, 4, 6, 8)
+
+
+def test_constants_first_made_under_inference_mode_serve_training():
+    """The constants a forward caches (window gathers, shift masks, position-bias tables) are
+    made outside inference mode even when the first forward to need them runs under
+    ``torch.inference_mode()``: an inference tensor cannot be saved for backward, so training
+    on the same size afterwards failed. (A size and window no other test uses, so that this
+    test's inference forward makes them.)"""
+    model = SwinTransformerV2(arch=SMALL, window_size=5)
+    x = torch.randn(1, 3, 77, 91)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()
+    sum(out.sum() for out in model(x)).backward()
+    assert model.stages[0].blocks[1].attn.cpb_mlp[0].weight.grad is not None

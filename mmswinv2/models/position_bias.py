@@ -12,8 +12,8 @@ Two coordinate transforms exist:
 A small MLP (2 -> hidden -> heads) maps each offset to a per-head bias; the official model
 bounds it to ``16 * sigmoid(.)``, timm's cr uses it as it is.
 """
+import functools
 import math
-from functools import lru_cache
 from typing import Tuple
 
 import torch
@@ -40,14 +40,29 @@ def relative_position_index(window: Size2, device: torch.device) -> torch.Tensor
     return uncached_when_compiling(_position_index)(tuple(window), str(device))
 
 
+def constant_cache(maxsize: int):
+    """``functools.lru_cache`` for functions that make constant tensors, made outside inference
+    mode: the first call may come from a forward under ``torch.inference_mode()``, and an
+    inference tensor cannot be saved for backward by a later forward that autograd records."""
+    def decorate(function):
+        @functools.wraps(function)
+        def outside_inference_mode(*args):
+            with torch.inference_mode(False):
+                return function(*args)
+        cached = functools.lru_cache(maxsize)(outside_inference_mode)
+        cached.__wrapped__ = function  # what uncached_when_compiling calls
+        return cached
+    return decorate
+
+
 def uncached_when_compiling(cached):
-    """``cached`` (an ``lru_cache``), or the function it wraps while ``torch.compile`` traces:
-    the traced graph computes the (small) tensor itself instead of Dynamo ignoring the cache
-    with a warning."""
+    """``cached`` (a :func:`constant_cache`), or the function it wraps while ``torch.compile``
+    traces: the traced graph computes the (small) tensor itself instead of Dynamo ignoring the
+    cache with a warning."""
     return cached.__wrapped__ if torch.compiler.is_compiling() else cached
 
 
-@lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _coords_table(window: Size2, pretrained_window: Size2, device: str,
                   coords: str) -> torch.Tensor:
     axes = []
@@ -66,7 +81,7 @@ def _coords_table(window: Size2, pretrained_window: Size2, device: str,
     return table.to(device)
 
 
-@lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _position_index(window: Size2, device: str) -> torch.Tensor:
     wh, ww = window
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing='ij'))

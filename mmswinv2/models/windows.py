@@ -4,13 +4,12 @@ Feature maps are channels-last, ``(B, H, W, C)``. Windows may be rectangular, ``
 because a feature map smaller than the window along one axis clips the window on that axis only
 (see :func:`window_and_shift`).
 """
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .position_bias import uncached_when_compiling
+from .position_bias import constant_cache, uncached_when_compiling
 
 Size2 = Tuple[int, int]
 
@@ -125,7 +124,7 @@ def _gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tokens.reshape(B * L, C).index_select(0, index).view(B, count, C)
 
 
-@lru_cache(maxsize=256)
+@constant_cache(maxsize=256)
 def _layout_indices(hw: Size2, window: Size2, shift: Size2, device: str):
     """Token positions of :class:`WindowLayout`, found by running the official recipe on the
     positions themselves: for each window token, its position in the flattened map (0 for
@@ -217,7 +216,7 @@ class ShiftMask:
         return self.windows(0, self.num_windows)
 
 
-@lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _mask_patterns(window: Size2, shift: Size2, device: str) -> torch.Tensor:
     wh, ww = window
     # token -> row / column inside the window, as constants: Inductor (torch 2.13) fails to
@@ -235,7 +234,7 @@ def _mask_patterns(window: Size2, shift: Size2, device: str) -> torch.Tensor:
     return patterns.to(device)
 
 
-@lru_cache(maxsize=64)
+@constant_cache(maxsize=64)
 def _window_kinds(grid: Size2, shift: Size2, device: str) -> torch.Tensor:
     gh, gw = grid
     last_row = torch.zeros(gh, gw, dtype=torch.long)
