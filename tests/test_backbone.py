@@ -206,8 +206,9 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     runs them on each piece as it is made, the attention's in window order)."""
     import mmswinv2.models.attention as attention
     import mmswinv2.models.blocks as blocks
-    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
-                       seed=0).eval()
+    # (one stream: the pieces of the whole batch are counted)
+    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.,
+                                         cpu_streams=1), seed=0).eval()
     x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
     calls = []
     monkeypatch.setattr(attention.WindowAttentionV2, '_attend', record_calls(

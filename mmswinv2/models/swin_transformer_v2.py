@@ -13,6 +13,7 @@ from . import onednn
 from .attention import auto_fused, spans
 from .blocks import SwinStageV2
 from .lean_autograd import eager_cpu_inference
+from .streams import STREAMS, run_in_streams, stream_parts
 
 #: Published SwinV2 sizes (embed dims, blocks per stage, heads per stage).
 ARCH_SETTINGS: Dict[str, dict] = {
@@ -110,6 +111,10 @@ class SwinTransformerV2(BaseModule):
             result is the same. In training each chunk is recomputed in backward instead of
             keeping its attention weights. 0 (default): all windows at once. Composes with
             ``with_cp``. Memory and time: ``docs/benchmarks.md``.
+        cpu_streams: CPU inference of a batch runs as up to this many forwards of parts of
+            it at once, each in its own thread with a share of the intra-op threads; the
+            result is the same (see :mod:`mmswinv2.models.streams` for where it applies and
+            what it gains). 1: one forward of the whole batch.
         fused_attention: ``'auto'`` (default), True or False. True: the attention runs in
             ``F.scaled_dot_product_attention``; False: in the official explicit order of
             operations (``softmax(cos * scale + bias) @ v``). Both compute the logits in fp32
@@ -154,6 +159,7 @@ class SwinTransformerV2(BaseModule):
                  with_cp: bool = False,
                  fused_attention: Union[bool, str] = 'auto',
                  attn_chunk_windows: int = 0,
+                 cpu_streams: int = STREAMS,
                  learnable_k_bias: bool = False,
                  cpb_hidden_dims: int = 512,
                  cpb_output_bias: bool = False,
@@ -191,6 +197,8 @@ class SwinTransformerV2(BaseModule):
             raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
         _check_int('cpb_hidden_dims', cpb_hidden_dims, minimum=1)
         _check_int('attn_chunk_windows', attn_chunk_windows, minimum=0)
+        _check_int('cpu_streams', cpu_streams, minimum=1)
+        self.cpu_streams = cpu_streams
         if fused_attention != 'auto' and not isinstance(fused_attention, bool):
             raise ValueError(f"fused_attention must be 'auto', True or False, got "
                              f'{fused_attention!r}')
@@ -250,6 +258,12 @@ class SwinTransformerV2(BaseModule):
                              f'{self.in_channels}, H, W), got {tuple(x.shape)}')
         if self.fused_attention == 'auto' and not torch.compiler.is_compiling():
             _log_attention_choice(x.device.type)
+        parts = stream_parts(self, x, self.cpu_streams)
+        if parts is not None:
+            return run_in_streams(self._forward, x, parts)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.drop_after_pos(self.patch_embed(x))
         outs = []
         for i, stage in enumerate(self.stages):
