@@ -39,8 +39,9 @@ from .lean_autograd import records_autograd, traced
 
 #: Default number of streams. SwinV2-T, 8 x 256², Intel Xeon (2 cores), 2 threads, in one
 #: process, alternating with one forward of the whole batch (three runs of 30 alternations):
-#: fp32 1.02-1.03x faster, bf16 autocast 1.09-1.15x; page faults per fp32 forward ~8 k -> ~0.4 k
-#: (each stream's thread allocates from a glibc arena of its own, which keeps its memory).
+#: fp32 1.02-1.03x faster, bf16 autocast 1.09-1.15x; page faults per fp32 forward 7.9-11 k ->
+#: 0.01-1.6 k (each stream's thread allocates from a glibc arena of its own, which keeps its
+#: memory).
 STREAMS = 2
 
 _OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
