@@ -36,7 +36,7 @@ import torch.nn as nn
 from torch.nn.modules import module as nn_module
 
 from .attention import spans
-from .lean_autograd import records_autograd, traced
+from .lean_autograd import eager_cpu_inference
 
 #: Default number of streams. SwinV2-T, 8 x 256², Intel Xeon (2 cores), 2 threads, in one
 #: process, alternating with one forward of the whole batch (three runs of 30 alternations):
@@ -55,12 +55,12 @@ def stream_parts(module: nn.Module, x: torch.Tensor,
     """``(start, stop)`` image ranges of the batch ``x`` for ``module``'s forward to run as
     parallel streams (at most ``streams``, each with one intra-op thread or more), or None
     where streams do not apply (see the module docstring)."""
-    if traced() or streams < 2 or not _OPENMP or x.device.type != 'cpu':
+    # (eager first: while Dynamo traces, nothing below may run)
+    if streams < 2 or not _OPENMP or not eager_cpu_inference(x, *module.parameters()):
         return None
     batch = x.shape[0]
     count = min(streams, batch, torch.get_num_threads())
-    if (count < 2 or module.training or records_autograd(x, *module.parameters())
-            or torch._C._autograd._profiler_enabled()
+    if (count < 2 or module.training or torch._C._autograd._profiler_enabled()
             or torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack()
             or _hooked(module)):
         return None
