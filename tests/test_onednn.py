@@ -12,6 +12,9 @@ from mmswinv2 import SwinTransformerV2
 from mmswinv2.models import onednn
 from mmswinv2.models.onednn import linear, linear_gelu
 
+from helpers import randomize_
+from test_precision_and_reuse import AUTOCAST_BOUNDS, SMALL
+
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                 reason='this torch build has no oneDNN: the plain ops run')
 
@@ -73,14 +76,57 @@ def test_writes_through_data_are_seen_after_eval():
     torch.save(model, io.BytesIO())
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                    reason='no oneDNN bf16 kernels on this CPU: the plain ops run')
-def test_bf16_autocast_runs_in_bf16_like_the_plain_ops():
+@pytest.fixture(params=['this CPU', 'emulated'])
+def bf16_kernels(request, monkeypatch):
+    """bf16 as this CPU runs it (oneDNN's bf16 kernels where it has them, else emulated), and
+    as fp32 products of bf16 values, forced (what CPUs without bf16 instructions run)."""
+    if request.param == 'emulated':
+        monkeypatch.setattr(onednn, 'bf16_kernels', lambda: False)
+    return request.param
+
+
+def test_bf16_autocast_runs_in_bf16_like_the_plain_ops(bf16_kernels):
+    """The autocast type, and PyTorch's own bf16 values within bf16's 8 bits; the emulated
+    products equal, to float64 rounding, the exact products of the bf16-rounded operands
+    rounded to bf16 (what a bf16 kernel with fp32 sums computes)."""
     x, w, b = inputs()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         ours, plain = linear_gelu(x, w, b), F.gelu(F.linear(x, w, b))
-    assert ours.dtype == plain.dtype == torch.bfloat16
+        ours_linear = linear(x, w, b)
+    assert ours.dtype == plain.dtype == ours_linear.dtype == torch.bfloat16
     assert relative_error(ours, plain) < 2 ** -7  # bf16 keeps 8 bits
+    exact = F.linear(*(t.bfloat16().double() for t in (x, w, b)))
+    assert relative_error(ours_linear, exact.bfloat16()) <= 2 ** -8  # one rounding apart
+    assert relative_error(ours, F.gelu(exact).bfloat16()) <= 2 ** -8
+
+
+def test_bf16_attention_product_is_the_bf16_product(bf16_kernels):
+    """``weights @ v`` in bf16 (CPU inference): bf16 out, one rounding from the exact product
+    of the bf16 values; where autograd records, the plain product."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(6, 3, 64, 64, generator=g).softmax(-1).bfloat16()
+    v = torch.randn(6, 3, 64, 32, generator=g).bfloat16()
+    with torch.no_grad():
+        ours = onednn.matmul(a, v)
+    assert ours.dtype == torch.bfloat16
+    assert relative_error(ours, (a.double() @ v.double()).bfloat16()) <= 2 ** -8
+    v.requires_grad_()
+    assert torch.equal(onednn.matmul(a, v), a @ v)
+
+
+def test_a_bf16_backbone_is_close_to_the_fp32_one(bf16_kernels):
+    """SwinV2 with every parameter randomised, under bf16 autocast: each stage within
+    ``AUTOCAST_BOUNDS`` (tests/test_precision_and_reuse.py) of the fp32 outputs."""
+    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=4, drop_path_rate=0.),
+                       seed=1).eval()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outputs = model(x)
+    errors = [relative_error(ours, ref) for ours, ref in zip(outputs, reference, strict=True)]
+    assert all(o.dtype == torch.bfloat16 for o in outputs)
+    assert max(errors) <= AUTOCAST_BOUNDS[torch.bfloat16], errors
 
 
 def test_where_autograd_records_the_plain_ops_run():

@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from .lean_autograd import (LOGIT_FLOOR, eager_cpu_inference, floored_softmax,
                             flush_subnormal_gradient, flush_subnormals, raise_to_floor_,
                             records_autograd, scaled_normalize, traced)
-from .onednn import linear
+from .onednn import linear, matmul
 from .position_bias import COORDS, continuous_position_bias
 from .windows import ShiftMask
 
@@ -321,7 +321,7 @@ class WindowAttentionV2(nn.Module):
                 raise_to_floor_(windows)
             floor = False
         attn = F.dropout(_softmax(attn, floor), self.attn_drop, self.training)
-        return attn.to(v.dtype) @ v
+        return matmul(attn.to(v.dtype), v)
 
     def _fused(self, q, k, v, bias, mask):
         """``scaled_dot_product_attention`` in the logits' type (fp32) with bias + mask as the

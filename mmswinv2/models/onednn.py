@@ -16,10 +16,18 @@ storage: ``load_state_dict``, an optimizer step, any in-place edit), the backbon
 holds each linear weight twice (SwinV2-T: 110 MB in fp32); a model run in both fp32 and bf16
 repacks at each switch.
 
+**bf16 without bf16 instructions.** Under bf16 autocast on a CPU where oneDNN has no bf16
+kernels (no AVX512-BF16 / AMX, e.g. AVX2 only), PyTorch's bf16 matrix products fall back to
+a generic loop: on an AMD EPYC (Zen 3, AVX2) SwinV2-T's bf16 forward ran 7x slower than its
+fp32 forward, 78 % of it in those products. There the layers run as fp32 kernels on the
+bf16-rounded input, weight and bias, and the output is rounded to bf16: the products of two
+bf16 numbers are exact in fp32, and bf16 kernels accumulate in fp32 too, so this is what a
+bf16 kernel computes, up to the order of the sums (see :func:`bf16_emulated`).
+
 Used only where it applies: CPU; no autograd recording (the kernel has no backward); fp32 or
-bf16 input, run in fp32 or (where oneDNN has bf16 kernels) bf16, the autocast type under
-``torch.autocast``; not while ``torch.compile`` traces (Inductor does this itself); not in a
-traced graph (MMEngine's FLOP counter must see the linear layer). Elsewhere ``F.linear``.
+bf16 input, run in fp32 or bf16, the autocast type under ``torch.autocast``; not while
+``torch.compile`` traces (Inductor does this itself); not in a traced graph (MMEngine's FLOP
+counter must see the linear layer). Elsewhere ``F.linear``.
 """
 import weakref
 from typing import Dict, Optional, Tuple
@@ -45,11 +53,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     if dtype is None:
         out = F.linear(x, weight, bias)
         return F.gelu(out) if activation == 'gelu' else out
-    x2d = x.reshape(-1, x.shape[-1]).to(dtype)
-    bias = bias.to(dtype) if bias is not None else None
-    out = torch.ops.mkldnn._linear_pointwise(x2d, packed_weight(weight, dtype), bias,
+    # the autocast rounding of the operands; bf16 without bf16 kernels: then fp32 products
+    compute = torch.float32 if bf16_emulated(dtype) else dtype
+    x2d = x.reshape(-1, x.shape[-1]).to(dtype).to(compute)
+    bias = bias.to(dtype).to(compute) if bias is not None else None
+    out = torch.ops.mkldnn._linear_pointwise(x2d, packed_weight(weight, dtype, compute), bias,
                                              activation, [], 'none')
-    return out.view(*x.shape[:-1], weight.shape[0])
+    return out.to(dtype).view(*x.shape[:-1], weight.shape[0])
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
@@ -58,13 +68,16 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
     return linear(x, weight, bias, 'gelu')
 
 
-def packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``weight`` in ``dtype``, reordered for oneDNN; reused while the weight is unchanged."""
-    key = (weight.data_ptr(), weight._version, dtype)
+def packed_weight(weight: torch.Tensor, dtype: torch.dtype,
+                  compute: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``weight`` rounded to ``dtype``, in ``compute`` (default ``dtype``), reordered for
+    oneDNN; reused while the weight is unchanged."""
+    compute = compute or dtype
+    key = (weight.data_ptr(), weight._version, dtype, compute)
     entry = _packed.get(id(weight))
     if entry is None or entry[1] != key:
         dropped = weakref.ref(weight, lambda _, i=id(weight): _packed.pop(i, None))
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).to(compute))
         entry = _packed[id(weight)] = (dropped, key, packed)
     return entry[2]
 
@@ -83,8 +96,23 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype
             or not torch.backends.mkldnn.is_available()):
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
-    if dtype == torch.float32:
-        return dtype
-    if dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return dtype
-    return None
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of two tensors of one type; bf16 in CPU inference without bf16 kernels as
+    fp32 products of the bf16 values, rounded to bf16 (see the module docstring)."""
+    if bf16_emulated(a.dtype) and eager_cpu_inference(a, b):
+        return (a.float() @ b.float()).to(a.dtype)
+    return a @ b
+
+
+def bf16_emulated(dtype: torch.dtype) -> bool:
+    """Whether CPU products in ``dtype`` run as fp32 products of bf16 values: bf16 where
+    oneDNN has no bf16 kernels."""
+    return dtype == torch.bfloat16 and not bf16_kernels()
+
+
+def bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16, AMX, ...)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
