@@ -150,18 +150,22 @@ def _peak(x):
 
 
 def matmul_rate(args):
-    """GFLOP/s of a 2048^3 matrix product in the benchmark's type (fp32, or the autocast type)."""
+    """GFLOP/s of a 2048^3 matrix product in the benchmark's type (fp32, or the autocast type):
+    about a second of products (at least one) after one to warm up. (bf16 on a CPU without
+    bf16 instructions: PyTorch's generic loop, a minute per product on an AVX2 EPYC.)"""
     a = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
     b = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
-    for _ in range(3):
-        a @ b
-    runs = 10
-    start = time.perf_counter()
-    for _ in range(runs):
-        a @ b
-    if a.is_cuda:
-        torch.cuda.synchronize()
-    return 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e9
+
+    def products(runs):
+        start = time.perf_counter()
+        for _ in range(runs):
+            a @ b
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    one = products(1)
+    runs = max(1, min(10, int(1.0 / one)))
+    return 2 * 2048**3 * runs / products(runs) / 1e9
 
 
 def backbone_macs(args):
@@ -471,7 +475,7 @@ def backbones_suite(args):
         passes = 3 if args.mode == 'train' else 1  # backward ~ 2x forward
         achieved = 2 * macs * passes * ours['images_per_s'] / 1e9
         summary.update(backbone_gmacs_per_image=macs / 1e9, achieved_gflops=achieved)
-        print(f'\nmatrix product 2048^3 in {args.dtype}: {rate:.0f} GFLOP/s; {OURS}: '
+        print(f'\nmatrix product 2048^3 in {args.dtype}: {rate:.3g} GFLOP/s; {OURS}: '
               f'{macs / 1e9:.2f} GMACs per image (MMEngine), {achieved:.0f} GFLOP/s '
               f'({achieved / rate:.0%} of the matrix product rate)')
     return dict(rows=rows, **summary)
