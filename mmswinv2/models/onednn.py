@@ -91,7 +91,8 @@ def forget(module: nn.Module) -> None:
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
-    """The type the oneDNN kernel runs in here, or None where it does not apply."""
+    """The type the layer runs in here (see :func:`bf16_emulated` for how), or None where
+    the oneDNN kernel does not apply."""
     if (not eager_cpu_inference(x, weight) or x.dtype not in (torch.float32, torch.bfloat16)
             or not torch.backends.mkldnn.is_available()):
         return None
