@@ -103,7 +103,7 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` of two tensors of one type; bf16 in CPU inference without bf16 kernels as
     fp32 products of the bf16 values, rounded to bf16 (see the module docstring)."""
-    if bf16_emulated(a.dtype) and eager_cpu_inference(a, b):
+    if eager_cpu_inference(a, b) and bf16_emulated(a.dtype):
         return (a.float() @ b.float()).to(a.dtype)
     return a @ b
 
