@@ -33,8 +33,8 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout. Without dropout: in training GELU and fc2 run
     as one :func:`.lean_autograd.gelu_linear`, which recomputes GELU in backward rather than
-    keep its output; in CPU inference fc1 and GELU run as one :func:`.onednn.linear_gelu` (and
-    fc2 as :func:`.onednn.linear`), on pieces of the tokens with about ``PIECE_BYTES`` of hidden
+    keep its output; in CPU inference fc1 and GELU run as :func:`.onednn.linear_gelu` (and fc2
+    as :func:`.onednn.linear`), on pieces of the tokens with about ``PIECE_BYTES`` of hidden
     activation each."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.):
