@@ -119,8 +119,10 @@ def _records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
 def _scaled_normalize(x, scale):
     # |x| as the square root of x . x: PyTorch's norm kernel is slow over rows as short as a
     # head's (32): SwinV2-T, AMD EPYC (Zen 3), 2 threads, the norms of q and k 120 -> 70 ms
-    # per 800x1344 fp32 forward; the forward 1.02x at 8 x 256², 1.04x at 800x1344 (A/B)
-    norm = torch.linalg.vecdot(x, x).unsqueeze(-1).sqrt().clamp_min(NORMALIZE_EPS)
+    # per 800x1344 fp32 forward; the forward 1.02x at 8 x 256², 1.04x at 800x1344 (A/B).
+    # Clamped before the root, so that where autograd differentiates these ops (traced
+    # graphs) a zero row (padding's k) gets a zero gradient, not 0 * inf
+    norm = torch.linalg.vecdot(x, x).unsqueeze(-1).clamp_min(NORMALIZE_EPS ** 2).sqrt()
     # eagerly into a contiguous output (else it would take the strides of x), where autograd
     # does not record it (out= has no gradient); a traced graph chooses its own layouts
     out = None if traced() or records_autograd(x, scale) else \
