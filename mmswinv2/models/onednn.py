@@ -75,7 +75,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``F.gelu(F.linear(x, weight, bias))`` (exact, erf GELU), fused where oneDNN runs."""
+    """``F.gelu(F.linear(x, weight, bias))`` (exact, erf GELU); see the module docstring for
+    where GELU runs."""
     return linear(x, weight, bias, 'gelu')
 
 
