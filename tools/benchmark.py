@@ -151,7 +151,8 @@ def _peak(x):
 
 def matmul_rate(args):
     """GFLOP/s of a 2048^3 matrix product in the benchmark's type (fp32, or the autocast type):
-    about a second of products (at least one) after one to warm up. (bf16 on a CPU without
+    after one product to warm up, one timed product sizes the run, about a second of products
+    (one to ten; the timed one alone where it took a second or more). (bf16 on a CPU without
     bf16 instructions: PyTorch's generic loop, a minute per product on an AVX2 EPYC.)"""
     a = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
     b = torch.randn(2048, 2048, device=args.device, dtype=DTYPES[args.dtype])
@@ -163,9 +164,11 @@ def matmul_rate(args):
         if a.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
+    products(1)  # warm-up (on CUDA it also starts cuBLAS)
     one = products(1)
     runs = max(1, min(10, int(1.0 / one)))
-    return 2 * 2048**3 * runs / products(runs) / 1e9
+    seconds = one if runs == 1 else products(runs)
+    return 2 * 2048**3 * runs / seconds / 1e9
 
 
 def backbone_macs(args):
