@@ -201,7 +201,10 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     windows of one image per piece (1 byte and 200 kB), three rows (400 kB) or one whole
     image (1 MB); unshifted blocks any number of windows. Against one piece: attention in
     pieces is exact (each window's products are the same); the MLP's products over fewer
-    tokens may round differently. All of them also against the order of operations autograd
+    tokens may round differently (with 1-byte pieces, one token each: MKL's fp32 products,
+    which CPUs without AVX-512 run, then take its matrix-vector kernel, which sums in another
+    order; on this randomised model 1.5e-5 apart, hence 3e-5; oneDNN's came out equal). All
+    of them also against the order of operations autograd
     records (each block's norms and residual adds on the whole map, in map order; inference
     runs them on each piece as it is made, the attention's in window order)."""
     import mmswinv2.models.attention as attention
@@ -225,7 +228,7 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
         recorded = [out.detach() for out in model(x)]
     for a, b, c, r in zip(whole, attention_pieces, all_pieces, recorded, strict=True):
         assert torch.equal(b, a)
-        torch.testing.assert_close(c, a, rtol=0, atol=1e-5 * a.abs().max().item())
+        torch.testing.assert_close(c, a, rtol=0, atol=3e-5 * a.abs().max().item())
         torch.testing.assert_close(a, r, rtol=0, atol=1e-5 * r.abs().max().item())
 
 

@@ -1,12 +1,14 @@
-"""Linear layers as oneDNN calls on packed weights (CPU inference): the plain ops' values, in
-the autocast type; the packed weights follow every change of the weights; the plain ops
-wherever autograd records."""
+"""Linear layers as oneDNN calls on packed weights, or fp32 products in MKL's GEMM (CPU
+inference): the plain ops' values, in the autocast type, whichever library runs them; the
+packed weights follow every change of the weights; the plain ops wherever autograd
+records."""
 import copy
 import io
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.models import onednn
@@ -29,7 +31,15 @@ def relative_error(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
-def test_fp32_inference_matches_the_plain_ops():
+@pytest.fixture(params=['oneDNN', 'MKL'])
+def fp32_library(request, monkeypatch):
+    """Which library runs the fp32 products, forced either way on any CPU (this one picks by
+    its instruction set, see ``onednn.mkl_fp32_products``)."""
+    monkeypatch.setattr(onednn, 'mkl_fp32_products', lambda: request.param == 'MKL')
+    return request.param
+
+
+def test_fp32_inference_matches_the_plain_ops(fp32_library):
     x, w, b = inputs()
     with torch.no_grad():
         assert relative_error(linear_gelu(x, w, b), F.gelu(F.linear(x, w, b))) < 1e-6
@@ -76,13 +86,42 @@ def test_writes_through_data_are_seen_after_eval():
     torch.save(model, io.BytesIO())
 
 
-@pytest.fixture(params=['this CPU', 'emulated'])
+@pytest.fixture(params=['this CPU', 'emulated, oneDNN', 'emulated, MKL'])
 def bf16_kernels(request, monkeypatch):
     """bf16 as this CPU runs it (oneDNN's bf16 kernels where it has them, else emulated), and
-    as fp32 products of bf16 values, forced (what CPUs without bf16 instructions run)."""
-    if request.param == 'emulated':
+    as fp32 products of bf16 values, forced (what CPUs without bf16 instructions run), in
+    oneDNN's and in MKL's fp32 products."""
+    if request.param.startswith('emulated'):
         monkeypatch.setattr(onednn, 'bf16_kernels', lambda: False)
+        monkeypatch.setattr(onednn, 'mkl_fp32_products', lambda: request.param.endswith('MKL'))
     return request.param
+
+
+class ProductTypes(TorchDispatchMode):
+    """Records the types of the operands of every matrix product run inside it."""
+    PRODUCTS = ('addmm', 'mm', 'bmm', '_linear_pointwise')
+
+    def __init__(self):
+        super().__init__()
+        self.types = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split('.')[0] in self.PRODUCTS:
+            self.types.update(a.dtype for a in args[:3] if isinstance(a, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('library', ['oneDNN', 'MKL'])
+def test_emulated_bf16_runs_fp32_products(library, monkeypatch):
+    """Without bf16 kernels the products take fp32 operands (the bf16-rounded values), also
+    under autocast, which would otherwise send ``F.linear`` back to the slow bf16 loop."""
+    monkeypatch.setattr(onednn, 'bf16_kernels', lambda: False)
+    monkeypatch.setattr(onednn, 'mkl_fp32_products', lambda: library == 'MKL')
+    x, w, b = inputs()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), ProductTypes() as seen:
+        out = linear_gelu(x, w, b)
+    assert out.dtype == torch.bfloat16
+    assert seen.types == {torch.float32}
 
 
 def test_bf16_autocast_runs_in_bf16_like_the_plain_ops(bf16_kernels):

@@ -1,12 +1,21 @@
-"""The linear layers of CPU inference as oneDNN calls on packed weights.
+"""The linear layers of CPU inference as oneDNN calls on packed weights, or MKL's GEMM.
 
 Every linear layer of the backbone (qkv, output projection, both MLP layers, patch merging)
 runs in CPU inference as ``torch.ops.mkldnn._linear_pointwise`` on a copy of its weight that
 oneDNN has reordered once into its own blocked layout (``_reorder_linear_weight``; the pair
 ``torch.compile``'s Inductor emits for frozen CPU graphs). ``F.linear`` instead runs MKL's
 ``addmm``, which first copies the bias into every output row and then repacks the weight on
-every call. Isolated, on SwinV2-T's shapes (AMD EPYC, 2 threads): 1.10-1.18x ``addmm``'s speed
-in fp32 and 1.05-1.35x in bf16.
+every call. Isolated, on SwinV2-T's shapes (AMD EPYC with AVX-512, 2 threads): 1.10-1.18x
+``addmm``'s speed in fp32 and 1.05-1.35x in bf16.
+
+**fp32 products without AVX-512** run in MKL's GEMM instead (``F.linear``, the weight as it
+is), where MKL is part of the torch build (:func:`mkl_fp32_products`). On a CPU with AVX2 but
+no AVX-512 (AMD EPYC, Zen 3) oneDNN's fp32 kernels were the slower ones: isolated, on
+SwinV2-T's shapes, MKL ran at 0.98-1.20x oneDNN's rate on one thread and 0.83-1.17x on two
+(e.g. 1024 x 1536 -> 384: 178 against 154 GFLOP/s); in the forward, A/B in one process,
+1.07x at 8 x 256² and 1.06x at 800x1344 in fp32, 1.09x under emulated bf16 autocast. On both
+AVX-512 CPUs measured, oneDNN's packed weights were the faster: the AMD EPYC above, and an
+Intel Xeon (the forward with ``F.linear`` 0.97x).
 
 **GELU** after the MLP's first layer: on bf16 products, oneDNN's post-op (applied to each
 tile of the product while it is in cache); on fp32 products, PyTorch's own GELU kernel over
@@ -15,22 +24,24 @@ threads, SwinV2-T's four first-layer shapes 1.11-1.19x (e.g. 1050 x 384 -> 1536:
 with the post-op, 13.0 separate), the fp32 forward 1.04x at 8 x 256² and at 800x1344 (A/B in
 one process); on an AMD EPYC with AVX-512 the two measured the same. The values were equal.
 
-**Reuse.** The packed copy of a weight is kept, outside the module's state (oneDNN's opaque
-tensors cannot be copied or saved), until the parameter changes (its version counter or
-storage: ``load_state_dict``, an optimizer step, any in-place edit), the backbone's
-``train()`` / ``eval()`` is called (see :func:`forget`) or the parameter dies. So inference
-holds each linear weight twice (SwinV2-T: 110 MB in fp32); a model run in both fp32 and bf16
-repacks at each switch.
+**Reuse.** The packed copy of a weight (or, for MKL's fp32 products under emulated bf16, its
+bf16 rounding) is kept, outside the module's state (oneDNN's opaque tensors cannot be copied
+or saved), until the parameter changes (its version counter or storage: ``load_state_dict``,
+an optimizer step, any in-place edit), the backbone's ``train()`` / ``eval()`` is called (see
+:func:`forget`) or the parameter dies. So inference with packed weights holds each linear
+weight twice (SwinV2-T: 110 MB in fp32); a model run in both fp32 and bf16 repacks at each
+switch.
 
 **bf16 without bf16 instructions.** Under bf16 autocast on a CPU where oneDNN has no bf16
 kernels (no AVX512-BF16 / AMX, e.g. AVX2 only), PyTorch's bf16 matrix products fall back to
 a generic loop: on an AMD EPYC (Zen 3, AVX2) SwinV2-T's bf16 forward ran 7x slower than its
-fp32 forward, 78 % of it in those products. There the layers run as fp32 kernels on the
-bf16-rounded input, weight and bias, and the output is rounded to bf16: the products of two
-bf16 numbers are exact in fp32, and bf16 kernels accumulate in fp32 too, so this is what a
-bf16 kernel computes, up to the order of the sums (see :func:`bf16_emulated`).
+fp32 forward, 78 % of it in those products. There the layers run as fp32 products (oneDNN's
+or MKL's, as above) of the bf16-rounded input, weight and bias, and the output is rounded to
+bf16: the products of two bf16 numbers are exact in fp32, and bf16 kernels accumulate in fp32
+too, so this is what a bf16 kernel computes, up to the order of the sums (see
+:func:`bf16_emulated`).
 
-Used only where it applies: CPU; no autograd recording (the kernel has no backward); fp32 or
+Used only where it applies: CPU; no autograd recording (the kernels have no backward); fp32 or
 bf16 input, run in fp32 or bf16, the autocast type under ``torch.autocast``; not while
 ``torch.compile`` traces (Inductor does this itself); not in a traced graph (MMEngine's FLOP
 counter must see the linear layer). Elsewhere ``F.linear``.
@@ -44,8 +55,8 @@ import torch.nn.functional as F
 
 from .lean_autograd import eager_cpu_inference
 
-#: id(weight) -> (weak reference to the weight, (storage, version, type), packed weight); the
-#: reference drops the entry when the weight dies.
+#: id(weight) -> (weak reference to the weight, (storage, version, types, form), prepared
+#: weight; see :func:`_prepared`); the reference drops the entry when the weight dies.
 _packed: Dict[int, Tuple[weakref.ref, tuple, torch.Tensor]] = {}
 
 
@@ -55,7 +66,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     autocast type under ``torch.autocast``."""
     if activation not in ('none', 'gelu'):
         raise ValueError(f"activation must be 'none' or 'gelu', got {activation!r}")
-    dtype = _onednn_dtype(x, weight)
+    dtype = _inference_dtype(x, weight)
     if dtype is None:
         out = F.linear(x, weight, bias)
         return F.gelu(out) if activation == 'gelu' else out
@@ -63,11 +74,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     compute = torch.float32 if bf16_emulated(dtype) else dtype
     x2d = x.reshape(-1, x.shape[-1]).to(dtype).to(compute)
     bias = bias.to(dtype).to(compute) if bias is not None else None
-    # GELU: oneDNN's post-op on bf16 products; on fp32 ones PyTorch's GELU, in place (see
-    # the module docstring)
-    post_op = activation if compute == torch.bfloat16 else 'none'
-    out = torch.ops.mkldnn._linear_pointwise(x2d, packed_weight(weight, dtype, compute), bias,
-                                             post_op, [], 'none')
+    if compute == torch.float32 and mkl_fp32_products():
+        rounded = weight if dtype == torch.float32 else \
+            _prepared(weight, dtype, compute, 'bf16-rounded')
+        with torch.autocast('cpu', enabled=False):  # the operands are rounded already
+            out = F.linear(x2d, rounded, bias)
+        post_op = 'none'
+    else:
+        # GELU: oneDNN's post-op on bf16 products; on fp32 ones PyTorch's GELU, in place (see
+        # the module docstring)
+        post_op = activation if compute == torch.bfloat16 else 'none'
+        out = torch.ops.mkldnn._linear_pointwise(x2d, packed_weight(weight, dtype, compute),
+                                                 bias, post_op, [], 'none')
     if post_op != activation:
         torch.ops.aten.gelu_(out)
     return out.to(dtype).view(*x.shape[:-1], weight.shape[0])
@@ -84,13 +102,22 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype,
                   compute: Optional[torch.dtype] = None) -> torch.Tensor:
     """``weight`` rounded to ``dtype``, in ``compute`` (default ``dtype``), reordered for
     oneDNN; reused while the weight is unchanged."""
-    compute = compute or dtype
-    key = (weight.data_ptr(), weight._version, dtype, compute)
+    return _prepared(weight, dtype, compute or dtype, 'oneDNN-packed')
+
+
+def _prepared(weight: torch.Tensor, dtype: torch.dtype, compute: torch.dtype,
+              form: str) -> torch.Tensor:
+    """``weight`` rounded to ``dtype``, in ``compute``, and in ``form`` ``'oneDNN-packed'``
+    (reordered for oneDNN) or ``'bf16-rounded'`` (as it is); reused while the weight is
+    unchanged."""
+    key = (weight.data_ptr(), weight._version, dtype, compute, form)
     entry = _packed.get(id(weight))
     if entry is None or entry[1] != key:
         dropped = weakref.ref(weight, lambda _, i=id(weight): _packed.pop(i, None))
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).to(compute))
-        entry = _packed[id(weight)] = (dropped, key, packed)
+        prepared = weight.detach().to(dtype).to(compute)
+        if form == 'oneDNN-packed':
+            prepared = torch.ops.mkldnn._reorder_linear_weight(prepared)
+        entry = _packed[id(weight)] = (dropped, key, prepared)
     return entry[2]
 
 
@@ -102,9 +129,9 @@ def forget(module: nn.Module) -> None:
         _packed.pop(id(param), None)
 
 
-def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+def _inference_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The type the layer runs in here (see :func:`bf16_emulated` for how), or None where
-    the oneDNN kernel does not apply."""
+    this module's kernels do not apply (then ``F.linear`` as it is)."""
     if (not eager_cpu_inference(x, weight) or x.dtype not in (torch.float32, torch.bfloat16)
             or not torch.backends.mkldnn.is_available()):
         return None
@@ -118,6 +145,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if eager_cpu_inference(a, b) and bf16_emulated(a.dtype):
         return (a.float() @ b.float()).to(a.dtype)
     return a @ b
+
+
+def mkl_fp32_products() -> bool:
+    """Whether CPU inference runs its fp32 products in MKL's GEMM rather than oneDNN's: where
+    the torch build has MKL and the CPU has no AVX-512 (see the module docstring; PyTorch's
+    CPU capability, which ``ATEN_CPU_CAPABILITY`` can lower)."""
+    return (torch.backends.mkl.is_available()
+            and not torch.backends.cpu.get_cpu_capability().startswith('AVX512'))
 
 
 def bf16_emulated(dtype: torch.dtype) -> bool:
