@@ -50,7 +50,8 @@ def test_fp32_inference_matches_the_plain_ops(fp32_library):
         linear(x, w, b, 'relu')
 
 
-def test_the_packed_weight_is_reused_until_the_weight_changes():
+def test_the_packed_weight_is_reused_until_the_weight_changes(monkeypatch):
+    monkeypatch.setattr(onednn, 'mkl_fp32_products', lambda: False)  # packed on every CPU
     x, w, b = inputs()
     w = torch.nn.Parameter(w)
     with torch.no_grad():
@@ -65,10 +66,11 @@ def test_the_packed_weight_is_reused_until_the_weight_changes():
     assert key not in onednn._packed  # the entry went with the weight
 
 
-def test_writes_through_data_are_seen_after_eval():
+def test_writes_through_data_are_seen_after_eval(monkeypatch):
     """MMEngine's EMA hook swaps weights through ``.data`` (no version change), then its loops
     call ``eval()``: the backbone's outputs follow the swapped weights. A model with packed
     weights can still be copied and saved (the packed copies are not part of its state)."""
+    monkeypatch.setattr(onednn, 'mkl_fp32_products', lambda: False)  # packed on every CPU
     model = SwinTransformerV2(arch=dict(embed_dims=32, depths=[1, 1], num_heads=[2, 4]),
                               window_size=4, out_indices=(0, 1)).eval()
     other = copy.deepcopy(model)
