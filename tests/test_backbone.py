@@ -204,9 +204,9 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     tokens may round differently (with 1-byte pieces, one token each: MKL's fp32 products,
     which CPUs without AVX-512 run, then take its matrix-vector kernel, which sums in another
     order; on this randomised model 1.5e-5 apart, hence 3e-5; oneDNN's came out equal). All
-    of them also against the order of operations autograd
-    records (each block's norms and residual adds on the whole map, in map order; inference
-    runs them on each piece as it is made, the attention's in window order)."""
+    of them also against the order of operations autograd records (each block's norms and
+    residual adds on the whole map, in map order; inference runs them on each piece as it is
+    made, the attention's in window order)."""
     import mmswinv2.models.attention as attention
     import mmswinv2.models.blocks as blocks
     # (one stream: the pieces of the whole batch are counted)
