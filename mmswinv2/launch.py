@@ -2,6 +2,9 @@
 environment fixes this stack needs. Detection and segmentation are told apart by the config's
 ``default_scope`` (``mmdet`` / ``mmseg``), which their base runtime configs set."""
 import argparse
+import atexit
+import functools
+import gc
 import importlib
 import os
 import os.path as osp
@@ -91,16 +94,34 @@ def build_model(cfg: Config, codebase: str):
 
 
 def run(step: Callable[[], T]) -> T:
-    """``runner.train`` / ``runner.test`` with MMEngine's own checkpoints loadable, then the
-    process group (if any) destroyed: left to interpreter exit, gloo's threads can abort a
-    finished process (SIGABRT, "terminate called without an active exception"; seen in a
-    2-process CPU run, pytorch/pytorch#190489)."""
-    try:
-        with mmengine_checkpoints_allowed():
-            return step()
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    """``runner.train`` / ``runner.test`` with MMEngine's own checkpoints loadable. In a
+    distributed run, the process group is torn down when the process exits
+    (:func:`tear_down_process_group`): not as soon as the step returns, since the caller
+    still holds the runner, and with it the group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _tear_down_at_exit()
+    with mmengine_checkpoints_allowed():
+        return step()
+
+
+@functools.lru_cache(maxsize=None)
+def _tear_down_at_exit() -> None:
+    atexit.register(tear_down_process_group)
+
+
+def tear_down_process_group() -> None:
+    """Destroy the process group (if any), then collect the garbage that still holds it, while
+    the interpreter is fully alive.
+
+    Destroying a group only unregisters it. The runner's DDP wrapper holds it too, and the
+    runner is a reference cycle, freed only by the garbage collector: left to interpreter
+    finalization, the group's gloo threads (``pt_gloo_runloop``, ``gloo_tcp_loop``) were seen
+    still running there after ``destroy_process_group``, and can abort a finished process
+    (SIGABRT, "terminate called without an active exception"; twice in CI's 2-process CPU
+    run; pytorch/pytorch#190489). Collected here, the group's destructor joins its threads."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str],

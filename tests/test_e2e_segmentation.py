@@ -93,6 +93,53 @@ def test_train_under_torchrun_with_two_cpu_processes(setup):
     assert len(logged_losses(log)) == 2 and (root / 'dist' / 'iter_2.pth').exists()
 
 
+TEARDOWN_SCRIPT = """
+import atexit, os, sys, torch
+sys.path.insert(0, {root!r})
+from mmswinv2.launch import run
+
+
+def gloo_threads():
+    tasks = os.listdir('/proc/self/task')
+    names = [open(f'/proc/self/task/{{t}}/comm').read().strip() for t in tasks]
+    return sorted(name for name in names if 'gloo' in name)
+
+
+atexit.register(lambda: print('at exit:', gloo_threads()))  # runs after run()'s teardown
+torch.distributed.init_process_group('gloo', init_method={store!r}, rank=0, world_size=1)
+
+
+class Runner:
+    # like MMEngine's: a reference cycle (hooks and loops hold the runner) that holds the
+    # DDP-wrapped model, and through it the process group
+    def __init__(self):
+        self.model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        self.hooks = [self]
+
+    def train(self):
+        self.model(torch.randn(3, 4)).sum().backward()
+
+
+run(Runner().train)
+print('after run:', gloo_threads())
+"""
+
+
+def test_distributed_tools_stop_gloo_threads_before_interpreter_exit(tmp_path):
+    """A tool's process group and its gloo threads, which the runner's DDP wrapper keeps alive
+    after ``destroy_process_group``, are gone by the time the interpreter finalizes (where those
+    threads aborted a finished process in CI's 2-process run)."""
+    import subprocess
+    script = tmp_path / 'teardown.py'
+    script.write_text(TEARDOWN_SCRIPT.format(root=ROOT, store=f'file://{tmp_path}/store'))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(': ', 1) for line in result.stdout.splitlines() if ': ' in line)
+    assert 'pt_gloo_runloop' in lines['after run']  # alive while the runner is
+    assert lines['at exit'] == '[]'
+
+
 def test_compile_config_key_trains_with_a_compiled_backbone(setup):
     """MMEngine's ``compile=True``: the backbone is compiled with torch.compile's defaults
     (Inductor's generated code, forward and backward), training runs, and the checkpoint keeps
