@@ -101,3 +101,23 @@ def load_tool(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def attention_path(monkeypatch, path: str) -> list:
+    """Make CPU inference attend with the compiled kernel (``'kernel'``, which must be
+    available here) or with PyTorch ops (``'explicit'``); returns the list that collects the
+    ``floor_mode`` of each kernel call."""
+    from mmswinv2.models import cpu_kernel
+    assert path in ('kernel', 'explicit'), path
+    if path == 'explicit':
+        monkeypatch.setattr(cpu_kernel, 'available', lambda: False)
+    else:
+        assert cpu_kernel.available(), 'the CPU attention kernel did not build: see the log'
+    calls = []
+    kernel = cpu_kernel.window_attention
+
+    def recorded(*args):
+        calls.append(args[-1])
+        return kernel(*args)
+    monkeypatch.setattr(cpu_kernel, 'window_attention', recorded)
+    return calls

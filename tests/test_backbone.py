@@ -206,7 +206,8 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     order; on this randomised model 1.5e-5 apart, hence 3e-5; oneDNN's came out equal). All
     of them also against the order of operations autograd records (each block's norms and
     residual adds on the whole map, in map order; inference runs them on each piece as it is
-    made, the attention's in window order)."""
+    made, the attention's in window order, in the compiled kernel rather than PyTorch's ops:
+    2.2e-6 to 1.7e-5 of the largest output apart, each as far from the float64 result)."""
     import mmswinv2.models.attention as attention
     import mmswinv2.models.blocks as blocks
     # (one stream: the pieces of the whole batch are counted)
@@ -229,7 +230,7 @@ def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
     for a, b, c, r in zip(whole, attention_pieces, all_pieces, recorded, strict=True):
         assert torch.equal(b, a)
         torch.testing.assert_close(c, a, rtol=0, atol=3e-5 * a.abs().max().item())
-        torch.testing.assert_close(a, r, rtol=0, atol=1e-5 * r.abs().max().item())
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-4 * r.abs().max().item())
 
 
 @pytest.mark.parametrize('dtype', ['fp32', 'bf16'])

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import cpu_kernel
 from .lean_autograd import (LOGIT_FLOOR, eager_cpu_inference, floored_softmax,
                             flush_subnormal_gradient, flush_subnormals, raise_to_floor_,
                             records_autograd, scaled_normalize, traced)
@@ -53,7 +54,9 @@ class WindowAttentionV2(nn.Module):
     an optimizer step or any in-place update invalidates them) or ``train()`` is called. The
     shifted-window mask is three ``(N, N)`` patterns (:class:`.windows.ShiftMask`). In CPU
     inference the windows are attended in pieces of about :data:`PIECE_BYTES` (see
-    :meth:`_inference_pieces`), with the same result.
+    :meth:`_inference_pieces`), with the same result, and what lies between the qkv and output
+    projections runs as one compiled kernel (:mod:`.cpu_kernel`): the same ops in the same
+    order and types, one window and head at a time.
 
     **Subnormal floats (CPU).** Masked pairs get softmax weights of ~e^-100 = 4e-44, below
     fp32's smallest normal number (1.2e-38): subnormal floats, which x86 CPUs handle in
@@ -277,6 +280,15 @@ class WindowAttentionV2(nn.Module):
         BnW, N, C = x.shape
         heads = self.num_heads
         qkv = linear(x, self.qkv.weight, self.qkv_bias())
+        if self.fused is not True and not isinstance(mask, torch.Tensor) and \
+                cpu_kernel.applies(qkv, position_bias, self.qkv.weight, self.training):
+            # the same ops as below, fused (see cpu_kernel); rows: the windows of one image
+            first_window = rows[0] * mask.grid[1] if rows is not None else 0
+            floor = cpu_kernel.FLOOR_MASKED_WINDOWS if masked_floor_only else \
+                cpu_kernel.FLOOR_ALL
+            out = cpu_kernel.window_attention(qkv, self.temperature(torch.float32).flatten(),
+                                              position_bias, mask, first_window, floor)
+            return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
         cpu = x.device.type == 'cpu'
         if cpu and qkv.dtype == torch.float32:  # see "Subnormal floats" in the class docstring
             qkv = flush_subnormal_gradient(qkv)
