@@ -186,50 +186,81 @@ void load_head(const T* src, int64_t C, float scale, Scratch& s) {
       qq = at::vec::fmadd(qj, qj, qq);
       kk = at::vec::fmadd(kj, kj, kk);
     }
-    // as mmswinv2's scaled_normalize: q * (scale / |q|), k / |k|
+    // as mmswinv2's scaled_normalize: q * (scale / |q|); k * (1 / |k|)
     const Vec q_factor(scale / std::max(std::sqrt(sum_of(qq)), kNormEps));
-    const Vec k_norm(std::max(std::sqrt(sum_of(kk)), kNormEps));
+    const Vec k_factor(1.f / std::max(std::sqrt(sum_of(kk)), kNormEps));
     for (int64_t j = 0; j < d; j += kLanes) {
       const int64_t count = std::min(kLanes, d - j);
       (Vec::loadu(q + j, count) * q_factor).store(q + j, count);
-      (Vec::loadu(k + j, count) / k_norm).store(k + j, count);
+      (Vec::loadu(k + j, count) * k_factor).store(k + j, count);
     }
   }
-  for (int64_t j = 0; j < d; ++j)
-    for (int64_t n = 0; n < N; ++n) s.kt[j * s.Np + n] = s.k[n * d + j];
+  at::vec::transpose_mxn<float>(s.k.data(), d, s.kt.data(), s.Np, N, d);
 }
 
-// Row by row: logits + bias (+ mask), floored if `floored`, softmax, rounded to T.
+// Asks for the cache lines of head `h`'s q, k and v in one window's rows `src` (N rows of
+// 3 * C) ahead of their use: they are strided, 64 bytes (bf16) apart per row and head, so the
+// hardware's prefetchers do not fetch them in time (the projection that made them has left
+// most of them in L3 or memory).
+template <typename T>
+void prefetch_head(const T* src, int64_t N, int64_t C, int64_t d) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t part = 0; part < 3; ++part)
+      for (int64_t j = 0; j < d; j += kLine) __builtin_prefetch(src + n * 3 * C + part * C + j);
+}
+
+// Rows r0 .. r0 + R - 1 of the logits: + bias (+ mask), floored if `floored`, softmax,
+// rounded to T. R rows side by side, so that their reductions and exps overlap.
+template <typename T, int R>
+void softmax_block(int64_t r0, const float* bias, const float* mask, bool floored, float floor,
+                   Scratch& s) {
+  const int64_t N = s.N;
+  float* row[R];
+  Vec largest[R], total[R];
+  for (int r = 0; r < R; ++r) {
+    row[r] = s.logits.data() + (r0 + r) * s.Np;
+    largest[r] = Vec(-INFINITY);
+    total[r] = Vec(0.f);
+  }
+  for (int64_t j = 0; j < N; j += kLanes) {
+    const int64_t count = std::min(kLanes, N - j);
+    for (int r = 0; r < R; ++r) {
+      Vec x = Vec::loadu(row[r] + j, count) + Vec::loadu(bias + (r0 + r) * N + j, count);
+      if (mask) x = x + Vec::loadu(mask + (r0 + r) * N + j, count);
+      x.store(row[r] + j, count);
+      largest[r] = at::vec::maximum(largest[r], Vec::set(largest[r], x, count));
+    }
+  }
+  Vec shift[R], lowest[R];
+  for (int r = 0; r < R; ++r) {
+    const float top = max_of(largest[r]);
+    shift[r] = Vec(top);
+    lowest[r] = Vec(top + floor);
+  }
+  for (int64_t j = 0; j < N; j += kLanes) {
+    const int64_t count = std::min(kLanes, N - j);
+    for (int r = 0; r < R; ++r) {
+      Vec x = Vec::loadu(row[r] + j, count);
+      if (floored) x = at::vec::maximum(x, lowest[r]);
+      const Vec e = Vec::set(Vec(0.f), (x - shift[r]).exp_u20(), count);
+      e.store(row[r] + j);
+      total[r] = total[r] + e;
+    }
+  }
+  Vec inverse[R];
+  for (int r = 0; r < R; ++r) inverse[r] = Vec(1.f / sum_of(total[r]));
+  for (int64_t j = 0; j < N; j += kLanes)
+    for (int r = 0; r < R; ++r)
+      rounded_to<T>(Vec::loadu(row[r] + j) * inverse[r]).store(row[r] + j);
+}
+
+// Every row of the logits, as softmax_block.
 template <typename T>
 void softmax_rows(const float* bias, const float* mask, bool floored, float floor, Scratch& s) {
-  const int64_t N = s.N;
-  for (int64_t n = 0; n < N; ++n) {
-    float* row = s.logits.data() + n * s.Np;
-    const float* bias_row = bias + n * N;
-    const float* mask_row = mask ? mask + n * N : nullptr;
-    Vec largest(-INFINITY);
-    for (int64_t j = 0; j < N; j += kLanes) {
-      const int64_t count = std::min(kLanes, N - j);
-      Vec x = Vec::loadu(row + j, count) + Vec::loadu(bias_row + j, count);
-      if (mask_row) x = x + Vec::loadu(mask_row + j, count);
-      x.store(row + j, count);
-      largest = at::vec::maximum(largest, Vec::set(largest, x, count));
-    }
-    const float top = max_of(largest);
-    const Vec shift(top), lowest(top + floor);
-    Vec total(0.f);
-    for (int64_t j = 0; j < N; j += kLanes) {
-      const int64_t count = std::min(kLanes, N - j);
-      Vec x = Vec::loadu(row + j, count);
-      if (floored) x = at::vec::maximum(x, lowest);
-      const Vec e = Vec::set(Vec(0.f), (x - shift).exp_u20(), count);
-      e.store(row + j);
-      total = total + e;
-    }
-    const Vec inverse(1.f / sum_of(total));
-    for (int64_t j = 0; j < N; j += kLanes)
-      rounded_to<T>(Vec::loadu(row + j) * inverse).store(row + j);
-  }
+  int64_t r = 0;
+  for (; r + 4 <= s.N; r += 4) softmax_block<T, 4>(r, bias, mask, floored, floor, s);
+  for (; r < s.N; ++r) softmax_block<T, 1>(r, bias, mask, floored, floor, s);
 }
 
 template <typename T>
@@ -250,6 +281,8 @@ void attend(const at::Tensor& qkv, const at::Tensor& scale, const at::Tensor& bi
     Scratch s(N, d);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t w = task / heads, h = task % heads;
+      if (task + 1 < end)
+        prefetch_head(src + (task + 1) / heads * N * 3 * C + (task + 1) % heads * d, N, C, d);
       load_head(src + w * N * 3 * C + h * d, C, scales[h], s);
       gemm<4>(s.q.data(), d, s.kt.data(), s.Np, s.logits.data(), s.Np, N, d, s.Np);
       const int64_t kind = kind_of ? kind_of[(first_window + w) % images_windows] : 0;
