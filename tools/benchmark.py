@@ -345,7 +345,9 @@ def row(args):
         else:
             model = build(args.row, args)
         step, compile_s, held = prepare(model, x, args, train, args.compiled)
-    _send(channel, dict(batch=x.shape[0], input_hw=list(x.shape[2:]), compile_s=compile_s))
+    from mmswinv2.models import cpu_kernel  # which build of it the warm-up loaded, if any
+    _send(channel, dict(batch=x.shape[0], input_hw=list(x.shape[2:]), compile_s=compile_s,
+                        cpu_kernel=cpu_kernel.loaded_build))
     steps = 0
     for _ in sys.stdin:
         start = time.perf_counter()
@@ -478,9 +480,11 @@ def backbones_suite(args):
         passes = 3 if args.mode == 'train' else 1  # backward ~ 2x forward
         achieved = 2 * macs * passes * ours['images_per_s'] / 1e9
         summary.update(backbone_gmacs_per_image=macs / 1e9, achieved_gflops=achieved)
+        kernel = f", its CPU attention kernel: {ours['cpu_kernel'] or 'not used'}" \
+            if args.device == 'cpu' else ''
         print(f'\nmatrix product 2048^3 in {args.dtype}: {rate:.3g} GFLOP/s; {OURS}: '
               f'{macs / 1e9:.2f} GMACs per image (MMEngine), {achieved:.0f} GFLOP/s '
-              f'({achieved / rate:.0%} of the matrix product rate)')
+              f'({achieved / rate:.0%} of the matrix product rate){kernel}')
     return dict(rows=rows, **summary)
 
 
@@ -535,7 +539,8 @@ def _summary(results):
                    seconds_per_step=median_step, images_per_s=batch / median_step,
                    runs_images_per_s=[batch / statistics.median(s) for s in step_seconds],
                    peak_gib=statistics.median(r['peak_gib'] for r in results),
-                   compile_s=statistics.median(compile_s) if compile_s else None)
+                   compile_s=statistics.median(compile_s) if compile_s else None,
+                   cpu_kernel=results[0].get('cpu_kernel'))
     if 'features_s' in results[0]:
         summary.update(features_s=statistics.median(s for r in results for s in r['features_s']),
                        detections=results[-1]['detections'])

@@ -46,6 +46,8 @@ _NO_KINDS = torch.empty(0, dtype=torch.long)
 _lock = threading.Lock()
 #: None: not tried yet in this process; then whether the kernel is loaded.
 _loaded: Optional[bool] = None
+#: The build loaded in this process (``'avx512'``, ``'avx2'`` or ``'default'``), or None.
+loaded_build: Optional[str] = None
 
 
 def applies(qkv: torch.Tensor, bias: torch.Tensor, weight: torch.Tensor,
@@ -97,6 +99,7 @@ def build_flags(capability: str) -> list:
 
 
 def _load() -> bool:
+    global loaded_build
     from mmengine.logging import print_log
     if os.environ.get(ENV_SWITCH, '1') == '0':
         print_log(f'mmswinv2: {ENV_SWITCH}=0: the CPU attention runs as PyTorch ops',
@@ -119,4 +122,5 @@ def _load() -> bool:
                   f'and ninja (pip install ninja); {ENV_SWITCH}=0 silences this.',
                   logger='current', level=logging.WARNING)
         return False
+    loaded_build = kind
     return True
