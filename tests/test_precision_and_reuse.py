@@ -239,14 +239,9 @@ def attention_modules(model):
     return [m for m in model.modules() if isinstance(m, attention.WindowAttentionV2)]
 
 
-@pytest.mark.parametrize('scales', ['initial', 'randomised', 'clamped'])
-def test_the_floor_is_left_out_only_where_it_cannot_bind(scales, monkeypatch):
-    """In CPU inference only the masked windows are floored in a block whose unmasked logits
-    cannot spread over 60 (``_floor_can_bind``: at most twice the logit scale plus the position
-    bias's spread). Checked: the bound holds for the logits actually seen; the outputs are those
-    of flooring every window, bit for bit; initial scales (ln 10) leave every block out, logit
-    scales at the ln 100 clamp none, randomised ones (ln 5 to ln 120) some."""
-    attention_path(monkeypatch, 'explicit')  # the kernel's floor modes: the next test
+def model_with_logit_scales(scales):
+    """SMALL in eval mode with its logit scales ``'initial'`` (ln 10), ``'randomised'`` (ln 5 to
+    ln 120) or ``'clamped'`` (all at ln 100)."""
     if scales == 'initial':
         model = SwinTransformerV2(arch=SMALL, drop_path_rate=0.)
         model.init_weights()
@@ -257,6 +252,18 @@ def test_the_floor_is_left_out_only_where_it_cannot_bind(scales, monkeypatch):
         with torch.no_grad():
             for module in attention_modules(model):
                 module.logit_scale.fill_(attention.MAX_LOGIT_SCALE)
+    return model
+
+
+@pytest.mark.parametrize('scales', ['initial', 'randomised', 'clamped'])
+def test_the_floor_is_left_out_only_where_it_cannot_bind(scales, monkeypatch):
+    """In CPU inference only the masked windows are floored in a block whose unmasked logits
+    cannot spread over 60 (``_floor_can_bind``: at most twice the logit scale plus the position
+    bias's spread). Checked: the bound holds for the logits actually seen; the outputs are those
+    of flooring every window, bit for bit; initial scales (ln 10) leave every block out, logit
+    scales at the ln 100 clamp none, randomised ones (ln 5 to ln 120) some."""
+    attention_path(monkeypatch, 'explicit')  # the kernel's floor modes: the next test
+    model = model_with_logit_scales(scales)
     x = torch.randn(2, 3, 100, 132, generator=torch.Generator().manual_seed(0))  # padded, shifted
 
     spreads = {}  # module -> largest spread of an unmasked row of logits, the floor left out
@@ -287,16 +294,7 @@ def test_the_kernel_floors_the_windows_the_pytorch_ops_floor(scales, monkeypatch
     """The compiled kernel gets the same choice (floor mode 1: the masked windows only; 2:
     every window) per block as the ops above, and its outputs are those of flooring every
     window, bit for bit."""
-    model = SwinTransformerV2(arch=SMALL, drop_path_rate=0.)
-    if scales == 'initial':
-        model.init_weights()
-    else:
-        randomize_(model, seed=0)
-    model.eval()
-    if scales == 'clamped':
-        with torch.no_grad():
-            for module in attention_modules(model):
-                module.logit_scale.fill_(attention.MAX_LOGIT_SCALE)
+    model = model_with_logit_scales(scales)
     x = torch.randn(2, 3, 100, 132, generator=torch.Generator().manual_seed(0))  # padded, shifted
     modes = attention_path(monkeypatch, 'kernel')
     with torch.no_grad():
