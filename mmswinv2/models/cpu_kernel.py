@@ -4,11 +4,12 @@ Between the qkv and output projections, the explicit path (``WindowAttentionV2._
 runs a dozen PyTorch ops per piece of windows: the casts and normalisation of q and k, the
 fp32 ``q . k^T``, the bias and mask, the floor, the softmax, the cast of the weights and
 ``weights @ v``, then a transposing copy into token order. Each passes a whole piece's tensors
-(several MiB) through memory. The kernel does the same ops in the same order and types for
-one (window, head) at a time, whose q, k, logits and v (64 x 64 fp32 logits: 16 KiB for a
-window of 8) stay in the core's caches, and writes the output in token order. Isolated,
-SwinV2-T's four stage shapes, AMD EPYC (Zen 4), 1 thread: 1.6-2.4x the explicit path's speed
-in fp32 and bf16; the forward: see ``docs/benchmarks.md``.
+(several MiB) through memory. The kernel does the same ops in the same order and types (up
+to rounding: k times ``1 / |k|``, at::vec's exp) for one (window, head) at a time, whose q,
+k, logits and v (64 x 64 fp32 logits: 16 KiB for a window of 8) stay in the core's caches,
+and writes the output in token order. Isolated, SwinV2-T's four stage shapes, AMD EPYC (Zen
+4), 1 thread: 1.6-2.1x the explicit path's speed in bf16, 1.6-3.2x in fp32; the forward
+1.14-1.17x in bf16, 1.07-1.11x in fp32 (``docs/benchmarks.md``).
 
 **Build.** At the first CPU inference forward of a process, with ``torch.utils.cpp_extension``
 (a C++ compiler and ``ninja`` are needed; about 20 s, once: the library is kept in PyTorch's
