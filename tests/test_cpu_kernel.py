@@ -221,7 +221,8 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_the_ops_run(monkeypa
     monkeypatch.setattr(mmengine.logging, 'print_log',
                         lambda message, logger=None, level=None: logged.append((message, level)))
     monkeypatch.setattr(cpp_extension, 'load', no_compiler)
-    monkeypatch.setattr(cpu_kernel, '_loaded', None)  # not tried yet in this process
+    monkeypatch.setattr(cpu_kernel, '_tried', False)  # not tried yet in this process
+    monkeypatch.setattr(cpu_kernel, 'loaded_build', None)
     model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
                        seed=0).eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -244,5 +245,6 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_the_ops_run(monkeypa
 
 def test_the_kernel_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(cpu_kernel.ENV_SWITCH, '0')
-    monkeypatch.setattr(cpu_kernel, '_loaded', None)
+    monkeypatch.setattr(cpu_kernel, '_tried', False)
+    monkeypatch.setattr(cpu_kernel, 'loaded_build', None)
     assert not cpu_kernel.available()

@@ -62,6 +62,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmswinv2 import SwinTransformerV2  # noqa: E402
+from mmswinv2.models import cpu_kernel  # noqa: E402
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 TIMM_NAMES = {('tiny', 8): 'swinv2_tiny_window8_256', ('tiny', 16): 'swinv2_tiny_window16_256',
@@ -345,9 +346,8 @@ def row(args):
         else:
             model = build(args.row, args)
         step, compile_s, held = prepare(model, x, args, train, args.compiled)
-    from mmswinv2.models import cpu_kernel  # which build of it the warm-up loaded, if any
     _send(channel, dict(batch=x.shape[0], input_hw=list(x.shape[2:]), compile_s=compile_s,
-                        cpu_kernel=cpu_kernel.loaded_build))
+                        cpu_kernel=cpu_kernel.loaded_build))  # what the warm-up loaded
     steps = 0
     for _ in sys.stdin:
         start = time.perf_counter()

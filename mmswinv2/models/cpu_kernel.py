@@ -40,14 +40,25 @@ FLOOR_ALL = 2
 SOURCE = os.path.join(os.path.dirname(__file__), 'csrc', 'window_attention.cpp')
 ENV_SWITCH = 'MMSWINV2_CPU_KERNEL'
 
-_OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
+#: Whether PyTorch's intra-op threads are OpenMP's (then the kernel is built with OpenMP, and
+#: each thread keeps a thread count of its own, as the streams need).
+OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
 _NO_PATTERNS = torch.empty(0)
 _NO_KINDS = torch.empty(0, dtype=torch.long)
 
+#: Compiler flags per build: at::vec's 512-bit or 256-bit vectors on x86 (the instruction sets
+#: PyTorch compiles its own kernels of that capability with), its portable vectors elsewhere.
+BUILD_FLAGS = {
+    'avx512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mfma',
+               '-DCPU_CAPABILITY_AVX512', '-DCPU_CAPABILITY=AVX512'],
+    'avx2': ['-mavx2', '-mfma', '-mf16c', '-DCPU_CAPABILITY_AVX2', '-DCPU_CAPABILITY=AVX2'],
+    'default': ['-DCPU_CAPABILITY=DEFAULT'],
+}
+
 _lock = threading.Lock()
-#: None: not tried yet in this process; then whether the kernel is loaded.
-_loaded: Optional[bool] = None
-#: The build loaded in this process (``'avx512'``, ``'avx2'`` or ``'default'``), or None.
+#: Whether this process has tried to load the kernel (see :func:`available`).
+_tried = False
+#: The build loaded in this process (a key of :data:`BUILD_FLAGS`), or None.
 loaded_build: Optional[str] = None
 
 
@@ -78,43 +89,40 @@ def window_attention(qkv: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
 
 def available() -> bool:
     """Whether the kernel is loaded; builds or loads it at the first call of a process."""
-    global _loaded
-    if _loaded is None:
+    global _tried, loaded_build
+    if not _tried:
         with _lock:
-            if _loaded is None:
-                _loaded = _load()
-    return _loaded
+            if not _tried:
+                loaded_build = _load()
+                _tried = True
+    return loaded_build is not None
 
 
-def build_flags(capability: str) -> list:
-    """Compiler flags for PyTorch's CPU capability ``capability``: at::vec's 512-bit or
-    256-bit vectors on x86 (the instruction sets PyTorch compiles its own kernels of that
-    capability with), its portable vectors elsewhere."""
-    x86 = platform.machine().lower() in ('x86_64', 'amd64')
-    if x86 and capability.startswith('AVX512'):
-        return ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mfma',
-                '-DCPU_CAPABILITY_AVX512', '-DCPU_CAPABILITY=AVX512']
-    if x86 and capability == 'AVX2':
-        return ['-mavx2', '-mfma', '-mf16c', '-DCPU_CAPABILITY_AVX2', '-DCPU_CAPABILITY=AVX2']
-    return ['-DCPU_CAPABILITY=DEFAULT']
+def build_for(capability: str) -> str:
+    """The build (a key of :data:`BUILD_FLAGS`) for PyTorch's CPU capability ``capability``."""
+    if platform.machine().lower() in ('x86_64', 'amd64'):
+        if capability.startswith('AVX512'):
+            return 'avx512'
+        if capability == 'AVX2':
+            return 'avx2'
+    return 'default'
 
 
-def _load() -> bool:
-    global loaded_build
+def _load() -> Optional[str]:
+    """Build (or find built) and load the kernel; its build, or None where it cannot be."""
     from mmengine.logging import print_log
     if os.environ.get(ENV_SWITCH, '1') == '0':
         print_log(f'mmswinv2: {ENV_SWITCH}=0: the CPU attention runs as PyTorch ops',
                   logger='current')
-        return False
-    capability = torch.backends.cpu.get_cpu_capability()
-    kind = capability.lower() if capability.startswith(('AVX512', 'AVX2')) else 'default'
-    openmp = ['-fopenmp'] if _OPENMP else []  # binds to torch's own libgomp (same soname)
+        return None
+    build = build_for(torch.backends.cpu.get_cpu_capability())
+    openmp = ['-fopenmp'] if OPENMP else []  # binds to torch's own libgomp (same soname)
     try:
         from torch.utils.cpp_extension import load
-        print_log(f'mmswinv2: loading the CPU attention kernel ({kind}; compiled on first use, '
+        print_log(f'mmswinv2: loading the CPU attention kernel ({build}; compiled on first use, '
                   'about 20 s)', logger='current')
-        load(f'mmswinv2_window_attention_{kind}', [SOURCE],
-             extra_cflags=['-O3', *openmp, *build_flags(capability)], extra_ldflags=openmp,
+        load(f'mmswinv2_window_attention_{build}', [SOURCE],
+             extra_cflags=['-O3', *openmp, *BUILD_FLAGS[build]], extra_ldflags=openmp,
              is_python_module=False, verbose=False)
     except Exception as err:  # noqa: BLE001 - any failure: say why, run the PyTorch ops
         import logging
@@ -122,6 +130,5 @@ def _load() -> bool:
                   'attention runs as PyTorch ops, about 1.1x slower. It needs a C++ compiler '
                   f'and ninja (pip install ninja); {ENV_SWITCH}=0 silences this.',
                   logger='current', level=logging.WARNING)
-        return False
-    loaded_build = kind
-    return True
+        return None
+    return build

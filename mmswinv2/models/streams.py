@@ -36,14 +36,13 @@ import torch.nn as nn
 from torch.nn.modules import module as nn_module
 
 from .attention import spans
+from .cpu_kernel import OPENMP
 from .lean_autograd import eager_cpu_inference
 
 #: Default number of streams. SwinV2-T, 8 x 256², Intel Xeon (2 cores), 2 threads, in one
 #: process, alternating with one forward of the whole batch (three runs of 30 alternations):
 #: fp32 1.02-1.03x faster, bf16 autocast 1.09-1.15x.
 STREAMS = 2
-
-_OPENMP = 'parallel backend: OpenMP' in torch.__config__.parallel_info()
 
 #: (process, streams, threads per stream) -> pool; a forked child makes its own.
 _pools: Dict[Tuple[int, int, int], ThreadPoolExecutor] = {}
@@ -56,7 +55,7 @@ def stream_parts(module: nn.Module, x: torch.Tensor,
     parallel streams (at most ``streams``, each with one intra-op thread or more), or None
     where streams do not apply (see the module docstring)."""
     # (eager first: while Dynamo traces, nothing below may run)
-    if streams < 2 or not _OPENMP or not eager_cpu_inference(x, *module.parameters()):
+    if streams < 2 or not OPENMP or not eager_cpu_inference(x, *module.parameters()):
         return None
     batch = x.shape[0]
     count = min(streams, batch, torch.get_num_threads())
