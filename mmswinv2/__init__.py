@@ -5,8 +5,8 @@ Importing the package registers ``SwinTransformerV2``, ``SwinLayerDecayOptimWrap
 """
 from .models import SwinTransformerV2
 from .optim import SwinLayerDecayOptimWrapperConstructor  # noqa: F401 (registers it)
+from .version import __version__
 
-__version__ = '0.1.0'
 __all__ = ['SwinTransformerV2', '__version__']
 
 try:  # the data classes need mmcv / mmdet (absent when only the backbone is used)

@@ -158,10 +158,10 @@ def check_backbone_channels(cfg: Config, path: str = 'config') -> None:
     backbone = cfg.model.get('backbone', {})
     if not str(backbone.get('type', '')).endswith('SwinTransformerV2'):
         return
-    from .models.swin_transformer_v2 import _check_out_indices, arch_settings
+    from .variants import arch_settings, check_out_indices
     settings = arch_settings(backbone.get('arch', 'tiny'))
-    stages = len(settings['depths'])
-    out_indices = _check_out_indices(backbone.get('out_indices', (0, 1, 2, 3)), stages)
+    out_indices = check_out_indices(backbone.get('out_indices', (0, 1, 2, 3)),
+                                    len(settings['depths']))
     produced = [settings['embed_dims'] * 2**i for i in out_indices]
     described = (f"model.backbone ({backbone['type']}, arch {backbone.get('arch', 'tiny')!r}, "
                  f"out_indices {list(out_indices)}) outputs channels {produced}")

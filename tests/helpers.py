@@ -1,6 +1,8 @@
 """Shared by the tests and by the scripts that make reference fixtures (which run elsewhere)."""
+import contextlib
 import copy
 import importlib.util
+import logging
 import os
 import platform
 
@@ -54,11 +56,6 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def subnormal(t: torch.Tensor) -> torch.Tensor:
-    """Where ``t`` holds subnormal floats: non-zero, below its type's smallest normal number."""
-    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
-
-
 def capture_outputs(modules, run, extract=lambda output: output, grad=False):
     """Call ``run()`` (without gradients unless ``grad``); return ``extract(output)`` of every
     call of each of ``modules`` (in call order) and what ``run`` returned."""
@@ -103,21 +100,17 @@ def load_tool(path: str):
     return module
 
 
-def attention_path(monkeypatch, path: str) -> list:
-    """Make CPU inference attend with the compiled kernel (``'kernel'``, which must be
-    available here) or with PyTorch ops (``'explicit'``); returns the list that collects the
-    ``floor_mode`` of each kernel call."""
-    from mmswinv2.models import cpu_kernel
-    assert path in ('kernel', 'explicit'), path
-    if path == 'explicit':
-        monkeypatch.setattr(cpu_kernel, 'available', lambda: False)
-    else:
-        assert cpu_kernel.available(), 'the CPU attention kernel did not build: see the log'
-    calls = []
-    kernel = cpu_kernel.window_attention
-
-    def recorded(*args):
-        calls.append(args[-1])
-        return kernel(*args)
-    monkeypatch.setattr(cpu_kernel, 'window_attention', recorded)
-    return calls
+@contextlib.contextmanager
+def logged():
+    """The messages MMEngine's current logger (``print_log(..., logger='current')``) gets
+    inside the block."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

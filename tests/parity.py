@@ -13,6 +13,10 @@ Our code is then run twice on the same weights and input:
   that depends on the kernels torch picks on the CPU at hand, exactly as the reference's own
   fp32 result does; the bound is derived from the reference's own fp32 error (FP32_MARGIN).
 
+Both runs are made on each inference path of ours (:data:`PATHS`): the model as written
+(``models/``), the CPU package applied (``mmswinv2.cpu``: packed linear layers, the compiled
+attention kernel, in float64 too), and ``F.scaled_dot_product_attention``.
+
 With ``MMSWINV2_PARITY_LOG=FILE`` set, every comparison appends its measured worst |diff| (one
 JSON line) to FILE; ``test_fixture_portability.py`` uses it to report the diffs per kernel
 setting.
@@ -24,6 +28,9 @@ from typing import Callable, List, Sequence
 from unittest import mock
 
 import torch
+
+from mmswinv2.cpu import is_optimized, optimize_for_cpu_inference, restore
+from mmswinv2.models.attention import WindowAttentionV2
 
 from helpers import FIXTURE_FORMAT, max_abs_diff, raw_stage_outputs
 
@@ -102,29 +109,50 @@ def official_logit_clamp():
     return mock.patch('mmswinv2.models.attention.MAX_LOGIT_SCALE', OFFICIAL_MAX_LOGIT_SCALE)
 
 
+#: Our inference paths, each held to the same rule.
+PATHS = ('model', 'cpu', 'sdpa')
+
+
+def on_path(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A copy of the eval-mode ``model`` running one of :data:`PATHS`."""
+    model = restore(copy.deepcopy(model))
+    if path == 'cpu':
+        optimize_for_cpu_inference(model)
+        assert is_optimized(model), 'no SwinV2 block to run through mmswinv2.cpu'
+    for attention in model.modules():
+        if isinstance(attention, WindowAttentionV2):
+            attention.fused = path == 'sdpa'
+    return model
+
+
 def assert_matches_reference(outputs_of: Callable[[torch.nn.Module, torch.Tensor],
                                                   Sequence[torch.Tensor]],
                              model: torch.nn.Module, x: torch.Tensor,
                              reference: Sequence[torch.Tensor],
                              reference_fp32_error: Sequence[float], label: str) -> None:
-    """``outputs_of(model, x)`` (ours) against the float64 ``reference`` outputs: in float64
-    within FP64_TOL, in float32 within ``fp32_bound(reference_fp32_error)`` (the reference's
-    own fp32 error, per output). ``model`` stays float32."""
+    """``outputs_of(model, x)`` (ours, on each of :data:`PATHS`; ``model`` in eval mode) against
+    the float64 ``reference`` outputs: in float64 within FP64_TOL, in float32 within
+    ``fp32_bound(reference_fp32_error)`` (the reference's own fp32 error, per output)."""
     reference = [r.double() for r in reference]
-    with torch.no_grad():
-        ours64 = outputs_of(copy.deepcopy(model).double(), x.double())
-        ours32 = outputs_of(model.float(), x.float())
-    assert len(ours64) == len(reference) == len(ours32), \
-        f'{label}: {len(ours64)} outputs, {len(reference)} in the reference'
-    diffs64 = [max_abs_diff(a, b) for a, b in zip(ours64, reference)]
-    diffs32 = [max_abs_diff(a.double(), b) for a, b in zip(ours32, reference)]
     bound32 = fp32_bound(reference_fp32_error)
-    _log(label, diffs64, diffs32, reference_fp32_error, bound32)
-    for i, (d64, d32) in enumerate(zip(diffs64, diffs32)):
-        assert d64 <= FP64_TOL, f'{label} output {i}: float64 max |diff| {d64:.3g} > {FP64_TOL}'
-        assert d32 <= bound32, (f'{label} output {i}: float32 max |diff| {d32:.3g} > {bound32:.3g}'
-                                f' ({FP32_MARGIN} x the reference\'s own fp32 error '
-                                f'{max(reference_fp32_error):.3g})')
+    has_blocks = any(isinstance(m, WindowAttentionV2) for m in model.modules())
+    for path in PATHS if has_blocks else PATHS[:1]:
+        with torch.no_grad():
+            ours64 = outputs_of(on_path(model, path).double(), x.double())
+            ours32 = outputs_of(on_path(model, path).float(), x.float())
+        where = f'{label} [{path}]'
+        assert len(ours64) == len(reference) == len(ours32), \
+            f'{where}: {len(ours64)} outputs, {len(reference)} in the reference'
+        diffs64 = [max_abs_diff(a, b) for a, b in zip(ours64, reference)]
+        diffs32 = [max_abs_diff(a.double(), b) for a, b in zip(ours32, reference)]
+        _log(where, diffs64, diffs32, reference_fp32_error, bound32)
+        for i, (d64, d32) in enumerate(zip(diffs64, diffs32)):
+            assert d64 <= FP64_TOL, \
+                f'{where} output {i}: float64 max |diff| {d64:.3g} > {FP64_TOL}'
+            assert d32 <= bound32, (
+                f'{where} output {i}: float32 max |diff| {d32:.3g} > {bound32:.3g} '
+                f'({FP32_MARGIN} x the reference\'s own fp32 error '
+                f'{max(reference_fp32_error):.3g})')
 
 
 def _log(label: str, diffs64: List[float], diffs32: List[float],

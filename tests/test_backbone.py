@@ -7,7 +7,6 @@ import torch
 
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.models.blocks import DropPath
-from mmswinv2.models.swin_transformer_v2 import PatchEmbed
 from mmswinv2.models.windows import window_and_shift
 
 from helpers import loss_and_grads, randomize_
@@ -178,163 +177,12 @@ def test_sequential_attention_gives_the_same_outputs_and_gradients(chunk, with_c
                                    msg=name)
 
 
-@pytest.mark.parametrize('total,step', [(0, 3), (1, 1), (5, 5), (6, 5), (32768, 5461),
-                                        (38, 2), (19, 2), (7, 100)])
-def test_spans_cover_in_as_few_even_ranges_as_the_step_allows(total, step):
-    """The pieces of CPU inference: consecutive ranges covering ``range(total)``, each at most
-    ``step`` long, as few as that allows, their lengths differing by at most one (no stray
-    short piece at the end, such as 2 of 32768 tokens after six of 5461)."""
-    from mmswinv2.models.attention import spans
-    ranges = spans(total, step)
-    assert ranges[0][0] == 0 and ranges[-1][1] == total
-    assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))
-    lengths = [stop - start for start, stop in ranges]
-    assert max(lengths) <= step
-    assert len(ranges) == max(1, math.ceil(total / step))
-    assert max(lengths) - min(lengths) <= 1
-
-
-@pytest.mark.parametrize('piece_bytes', [1, 200_000, 400_000, 1_000_000])
-def test_cpu_inference_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
-    """CPU inference attends windows (and runs the MLP) in pieces of about PIECE_BYTES. Stage 1
-    here has 2 images of 6 x 7 windows of 19 kB each; its shifted block attends one row of
-    windows of one image per piece (1 byte and 200 kB), three rows (400 kB) or one whole
-    image (1 MB); unshifted blocks any number of windows. Against one piece: attention in
-    pieces is exact (each window's products are the same); the MLP's products over fewer
-    tokens may round differently (with 1-byte pieces, one token each: MKL's fp32 products,
-    which CPUs without AVX-512 run, then take its matrix-vector kernel, which sums in another
-    order; on this randomised model 1.5e-5 apart, hence 3e-5; oneDNN's came out equal). All
-    of them also against the order of operations autograd records (each block's norms and
-    residual adds on the whole map, in map order; inference runs them on each piece as it is
-    made, the attention's in window order, in the compiled kernel rather than PyTorch's ops:
-    2.2e-6 to 1.7e-5 of the largest output apart, each as far from the float64 result)."""
-    import mmswinv2.models.attention as attention
-    import mmswinv2.models.blocks as blocks
-    # (one stream: the pieces of the whole batch are counted)
-    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.,
-                                         cpu_streams=1), seed=0).eval()
-    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
-    calls = []
-    monkeypatch.setattr(attention.WindowAttentionV2, '_attend', record_calls(
-        attention.WindowAttentionV2._attend, calls))
-    with torch.no_grad():
-        whole = model(x)
-        assert len(calls) == 8  # 8 blocks, one piece each
-        monkeypatch.setattr(attention, 'PIECE_BYTES', piece_bytes)
-        attention_pieces = model(x)
-        assert len(calls) > 2 * 8  # some blocks attended in more than one piece
-        monkeypatch.setattr(blocks, 'PIECE_BYTES', piece_bytes)
-        all_pieces = model(x)
-    with torch.enable_grad():
-        recorded = [out.detach() for out in model(x)]
-    for a, b, c, r in zip(whole, attention_pieces, all_pieces, recorded, strict=True):
-        assert torch.equal(b, a)
-        torch.testing.assert_close(c, a, rtol=0, atol=3e-5 * a.abs().max().item())
-        torch.testing.assert_close(a, r, rtol=0, atol=1e-4 * r.abs().max().item())
-
-
-@pytest.mark.parametrize('dtype', ['fp32', 'bf16'])
-@pytest.mark.parametrize('block_bytes', [1, 8000, 2**20])
-def test_stage_outputs_normalised_in_blocks_equal_the_whole_map(block_bytes, dtype, monkeypatch):
-    """CPU inference normalises and transposes a large stage output in blocks of rows of one
-    image (here one row, a few rows, or all at once); each value is computed as on the whole
-    map, so the outputs are equal bit for bit, contiguous NCHW, in fp32 and under bf16
-    autocast."""
-    import mmswinv2.models.swin_transformer_v2 as backbone
-    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
-                       seed=0).eval()
-    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
-    norm_calls = []
-    for i in range(4):
-        getattr(model, f'norm{i}').register_forward_hook(
-            lambda module, args, out: norm_calls.append(module))
-    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16, enabled=dtype == 'bf16'):
-        whole = model(x)
-        assert len(norm_calls) == 4
-        monkeypatch.setattr(backbone, 'NCHW_BLOCK_BYTES', block_bytes)
-        in_blocks = model(x)
-    # per image, maps of 38, 19, 10 and 5 rows of 3072 bytes in fp32 (1536 in bf16). 1 byte:
-    # one row per block. 8000 bytes: as few blocks of at most 2 rows (5 in bf16) as cover a
-    # map, and the maps of at most 5 rows (10 in bf16) whole. 1 MiB: every map whole.
-    calls = {1: 2 * (38 + 19 + 10 + 5), 8000: 2 * (19 + 10 + 5) + 1, 2**20: 4}[block_bytes]
-    if dtype == 'bf16' and block_bytes == 8000:
-        calls = 2 * (8 + 4) + 2
-    assert len(norm_calls) - 4 == calls
-    for a, b in zip(whole, in_blocks, strict=True):
-        assert b.is_contiguous() and b.dtype == a.dtype
-        assert torch.equal(b, a)
-
-
-def test_cpu_inference_leaves_each_block_input_untouched(monkeypatch):
-    """CPU inference writes each residual sum over the block's own gathers into and out of
-    windows (one and several pieces), never over the tensor the block was given."""
-    import mmswinv2.models.attention as attention
-    import mmswinv2.models.blocks as blocks
-    model = randomize_(SwinTransformerV2(arch=SMALL, window_size=7, drop_path_rate=0.),
-                       seed=0).eval()
-    x = torch.randn(2, 3, 150, 190, generator=torch.Generator().manual_seed(0))
-    inputs = []
-    for stage in model.stages:
-        for block in stage.blocks:
-            block.register_forward_pre_hook(
-                lambda module, args: inputs.append((args[0], args[0].clone())))
-    with torch.no_grad():
-        model(x)  # one piece per branch
-        monkeypatch.setattr(attention, 'PIECE_BYTES', 200_000)
-        monkeypatch.setattr(blocks, 'PIECE_BYTES', 200_000)
-        model(x)  # several
-    assert len(inputs) == 2 * 8
-    for given, before in inputs:
-        assert torch.equal(given, before)
-
-
-def record_calls(function, calls):
-    def recorded(*args, **kwargs):
-        calls.append(args[1].shape[0])  # the windows of this call
-        return function(*args, **kwargs)
-    return recorded
-
-
 def official_window_partition(x, window):
     """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, the official ``window_partition``."""
     B, H, W, C = x.shape
     wh, ww = window
     x = x.view(B, H // wh, wh, W // ww, ww, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, C)
-
-
-def official_window_reverse(windows, window, hw):
-    """Inverse of :func:`official_window_partition` (the official ``window_reverse``)."""
-    (H, W), (wh, ww) = hw, window
-    x = windows.view(-1, H // wh, W // ww, wh, ww, windows.shape[-1])
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, windows.shape[-1])
-
-
-@pytest.mark.parametrize('batch', [0, 1, 3])
-@pytest.mark.parametrize('hw, window_size, shifted', [
-    ((16, 16), 8, True), ((16, 16), 8, False), ((21, 35), 8, True), ((13, 6), 8, True),
-    ((6, 30), 8, True), ((5, 7), 8, True), ((23, 40), 7, False), ((40, 40), 16, True),
-])
-def test_window_layout_gathers_what_the_official_pad_roll_partition_gives(
-        hw, window_size, shifted, batch):
-    """One gather each way equals the official zero-pad, roll by -shift and partition, and
-    its inverse (reverse, roll back, crop), including the shift mask it carries."""
-    from mmswinv2.models.windows import WindowLayout, pad_to_multiple, window_and_shift
-    x = torch.randn(batch, *hw, 5)
-    layout = WindowLayout(hw, window_size, shifted, x.device)
-    window, shift = window_and_shift(hw, window_size, shifted)
-    assert (layout.window, layout.shift) == (window, shift)
-    padded = torch.roll(pad_to_multiple(x, window), (-shift[0], -shift[1]), (1, 2))
-    expected = official_window_partition(padded, window)
-    assert torch.equal(layout.partition(x), expected)
-    windows = torch.randn_like(expected)
-    back = torch.roll(official_window_reverse(windows, window, padded.shape[1:3]), shift, (1, 2))
-    assert torch.equal(layout.reverse(windows), back[:, :hw[0], :hw[1]])
-    if any(shift):
-        assert torch.equal(layout.mask.full(), official_shift_mask(padded.shape[1:3], window,
-                                                                   shift))
-    else:
-        assert layout.mask is None
 
 
 def official_shift_mask(padded_hw, window, shift):
@@ -362,22 +210,18 @@ def official_shift_mask(padded_hw, window, shift):
 ])
 def test_compact_shift_mask_is_the_official_mask(padded_hw, window, shift):
     """Three (N, N) patterns applied to the last row / column of windows give exactly the
-    official (nW, N, N) mask, and adding it in place equals adding the full mask."""
-    from mmswinv2.models.windows import ShiftMask
-    grid = (padded_hw[0] // window[0], padded_hw[1] // window[1])
-    mask = ShiftMask(grid, window, shift, torch.device('cpu'))
+    official (nW, N, N) mask, adding it in place equals adding the full mask, and the masks
+    of any run of windows (sequential attention's chunks) are the official ones."""
+    from mmswinv2.models.windows import shift_mask
+    mask = shift_mask(padded_hw, window, shift, torch.device('cpu'))
     official = official_shift_mask(padded_hw, window, shift)
-    assert torch.equal(mask.full(), official)
     nW, N = official.shape[:2]
+    assert mask.num_windows == nW
+    assert torch.equal(mask.windows(0, nW), official)
+    assert torch.equal(mask.windows(nW - 1, nW + 2), official[[nW - 1, 0, 1]])
     logits = torch.randn(2 * nW, 3, N, N)
     expected = (logits.view(2, nW, 3, N, N) + official.unsqueeze(1)).flatten(0, 1)
     assert torch.equal(mask.add_to(logits.clone()), expected)
-    assert torch.equal(mask.windows(nW - 1, nW + 2), official[[nW - 1, 0, 1]])
-    gw = grid[1]
-    for r0, r1 in {(0, 1), (0, grid[0]), (grid[0] - 1, grid[0]), (max(0, grid[0] - 2), grid[0])}:
-        rows = logits[nW + r0 * gw:nW + r1 * gw]  # rows r0 .. r1 - 1 of the second image
-        assert torch.equal(mask.add_to(rows.clone(), (r0, r1)),
-                           expected[nW + r0 * gw:nW + r1 * gw])
 
 
 def test_pretrained_windows_travel_in_the_models_own_state_dict(tmp_path):
@@ -403,23 +247,8 @@ def test_pretrained_windows_travel_in_the_models_own_state_dict(tmp_path):
     assert model.pretrained_window_sizes == (8, 8, 8, 8)
 
 
-@pytest.mark.parametrize('device, channels_last', [('cpu', True), ('meta', False)])
-def test_patch_embedding_gets_a_channels_last_image_on_cpu_only(device, channels_last):
-    """On CPU a channels-last image spares a transposing copy of the tokens. Elsewhere the image
-    keeps its layout: on CUDA, cuDNN runs a channels-last fp32 convolution in TF32 (PyTorch's
-    default), whose 3e-4 error the cosine attention amplified to 1e-2 at the stage outputs
-    (measured on an H200 against HF in float64). ``meta`` stands for any other device."""
-    embed = PatchEmbed(3, 8, patch_size=4).to(device)
-    layouts = []
-    embed.proj.register_forward_pre_hook(lambda module, args: layouts.append(
-        args[0].is_contiguous(memory_format=torch.channels_last)))
-    tokens = embed(torch.randn(1, 3, 16, 24, device=device))
-    assert layouts == [channels_last]
-    assert tuple(tokens.shape) == (1, 4, 6, 8)
-
-
 def test_constants_first_made_under_inference_mode_serve_training():
-    """The constants a forward caches (window gathers, shift masks, position-bias tables) are
+    """The constants a forward caches (shift masks, position-bias tables) are
     made outside inference mode even when the first forward to need them runs under
     ``torch.inference_mode()``: an inference tensor cannot be saved for backward, so training
     on the same size afterwards failed. (A size and window no other test uses, so that this

@@ -382,7 +382,7 @@ def timm_cr():
 
 @pytest.mark.parity
 def test_timm_cr_checkpoint_runs_with_cr_options_and_matches_timm(tmp_path, timm_cr):
-    from mmswinv2.models.swin_transformer_v2 import TIMM_CR_SETTINGS
+    from mmswinv2.variants import TIMM_CR_SETTINGS
     path = tmp_path / 'swinv2_cr_tiny_ns_224.pth'
     torch.save(fp32(timm_cr['state_dict']), path)
     assert detect_layout(read_checkpoint(path).state_dict).name == 'timm_cr'

@@ -10,7 +10,9 @@ import torch
 
 from mmswinv2 import SwinTransformerV2
 
-from helpers import attention_path, loss_and_grads, randomize_
+from mmswinv2.cpu import is_optimized
+
+from helpers import loss_and_grads, randomize_
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -29,22 +31,27 @@ def test_backbone_has_no_graph_break(model):
     assert explanation.graph_count == 1
 
 
-def test_dynamic_shapes_compile_as_one_graph_and_match_eager(monkeypatch):
+@pytest.mark.parametrize('cpu_inference', [False, True])
+def test_dynamic_shapes_compile_as_one_graph_and_match_eager(cpu_inference):
     """``fullgraph=True`` fails on any graph break; sizes change between calls as detection
-    batches do (Dynamo's own tracing: backend 'eager'). Bit for bit against eager with the
-    attention in PyTorch's ops, which the traced graph holds (eager inference's compiled
-    kernel, cpu_kernel, sums in another order)."""
-    attention_path(monkeypatch, 'explicit')
+    batches do (Dynamo's own tracing: backend 'eager'). Bit for bit against the model as
+    written in eager mode: what the traced graph holds, also where eval() has swapped in
+    mmswinv2.cpu's inference blocks, which give way to the model's own blocks while tracing."""
     # Two stages (shifted and plain blocks, merging) trace in half the time of four.
-    model = randomize_(SwinTransformerV2(arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
-                                         out_indices=(0, 1), drop_path_rate=0.), seed=0).eval()
+    def build(**kwargs):
+        return randomize_(SwinTransformerV2(arch=dict(embed_dims=16, depths=(2, 2),
+                                                      num_heads=(1, 2)),
+                                            out_indices=(0, 1), drop_path_rate=0., **kwargs),
+                          seed=0).eval()
+    model, eager = build(cpu_inference=cpu_inference), build(cpu_inference=False)
+    assert is_optimized(model) == cpu_inference
     torch._dynamo.reset()
     compiled = torch.compile(model, backend='eager', dynamic=True, fullgraph=True)
     with torch.no_grad():
         for hw in ((128, 160), (96, 200)):
             x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(sum(hw)))
-            for ours, eager in zip(compiled(x), model(x), strict=True):
-                torch.testing.assert_close(ours, eager, rtol=0, atol=0)
+            for ours, expected in zip(compiled(x), eager(x), strict=True):
+                torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
 def test_inductor_compiles_the_backbone_and_matches_eager():

@@ -188,7 +188,8 @@ def _indices_wrong():
 
 WRONG_ARGUMENTS = {
     'arch': st.one_of(st.text(max_size=6).filter(lambda a: a.lower() not in (
-        'tiny', 'small', 'base', 'large', 't', 's', 'b', 'l')), st.integers(), st.none(),
+        'tiny', 'small', 'base', 'large', 'huge', 'giant', 't', 's', 'b', 'l', 'h', 'g')),
+        st.integers(), st.none(),
         st.fixed_dictionaries(dict(embed_dims=st.integers(max_value=0), depths=st.just([2] * 4),
                                    num_heads=st.just([1] * 4))),
         st.fixed_dictionaries(dict(embed_dims=st.just(16), depths=st.integers(),
@@ -218,7 +219,9 @@ WRONG_ARGUMENTS = {
         st.text(max_size=8).filter(lambda c: c not in ('normalized_log2', 'log')),
         st.integers(), st.none()),
     'merge_norm_first': NOT_BOOL,
-    'extra_norm_every_n_blocks': st.one_of(st.integers(max_value=-1), NOT_INT),
+    'extra_norm_every_n_blocks': st.one_of(st.integers(max_value=-1),
+                                           NOT_INT.filter(lambda v: v is not None)),  # None: arch's
+    'cpu_inference': NOT_BOOL,
     'stage_end_norms': _indices_wrong(),
 }
 

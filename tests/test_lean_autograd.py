@@ -10,7 +10,7 @@ import mmswinv2.models.lean_autograd as lean
 from mmswinv2 import SwinTransformerV2
 from mmswinv2.checkpoints import convert_state_dict
 
-from helpers import randomize_, raw_stage_outputs, subnormal
+from helpers import randomize_, raw_stage_outputs
 
 SMALL = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 
@@ -65,44 +65,6 @@ def test_gelu_linear_under_autocast_matches_the_plain_ops(dtype):
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
-
-
-def test_flush_subnormals_zeroes_them_and_passes_the_gradient():
-    tiny = torch.finfo(torch.float32).tiny
-    x = torch.tensor([1.0, tiny / 2, -tiny / 4, 2 * tiny, -2.0, 0.0], requires_grad=True)
-    y = lean.flush_subnormals(x)
-    assert y.tolist() == [1.0, 0.0, 0.0, 2 * tiny, -2.0, 0.0]
-    grad = torch.arange(6.0)
-    assert torch.equal(torch.autograd.grad(y, x, grad)[0], grad)
-
-
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_flush_subnormal_gradient_passes_the_values_and_zeroes_the_gradients_subnormals(dtype):
-    tiny = torch.finfo(dtype).tiny
-    x = torch.randn(6, dtype=dtype, requires_grad=True)
-    y = lean.flush_subnormal_gradient(x)
-    assert torch.equal(y, x) and y.grad_fn is not None
-    grad = torch.tensor([1.0, tiny / 2, -tiny / 4, 2 * tiny, -2.0, 0.0], dtype=dtype)
-    assert torch.autograd.grad(y, x, grad)[0].tolist() == [1.0, 0.0, 0.0, 2 * tiny, -2.0, 0.0]
-    double = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert lean.flush_subnormal_gradient(double) is double  # float64 is left alone
-
-
-def test_floored_softmax_gradient_has_its_subnormal_values_zeroed():
-    """``w (g - w . g)`` for a weight at the floor (~e^-60 of its row's largest) and a small
-    gradient is subnormal; the rest of the gradient is softmax's at the floored weights."""
-    logits = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(0))
-    logits[..., 0] -= 100  # a masked column: its weights sit at the floor
-    grad = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1)) * 1e-15
-    recorded = logits.clone().requires_grad_()
-    weights = lean.floored_softmax(recorded)
-    weights.backward(grad)
-    floored = torch.maximum(logits, logits.amax(-1, keepdim=True) + lean.LOGIT_FLOOR)
-    unflushed = torch._softmax_backward_data(grad, floored.softmax(-1), -1, torch.float32)
-    assert subnormal(unflushed).sum() > 0
-    assert not subnormal(recorded.grad).any()
-    torch.testing.assert_close(recorded.grad, torch.where(subnormal(unflushed), 0, unflushed),
-                               rtol=1e-6, atol=0)
 
 
 def test_backbone_gradients_match_hf():
@@ -161,13 +123,13 @@ def saved_bytes(model, x):
 
 
 def test_backward_keeps_less_than_plain_autograd(monkeypatch):
-    """Measured: 0.71 of what autograd keeps through the plain ops (GELU's output, the qkv
-    projection and the flush's input are what goes). Bytes, not timings: the same on every
-    machine."""
+    """Measured: 0.746 of what autograd keeps through the plain ops; without the lean GELU
+    0.91, without the lean normalisation 0.84 (GELU's output and the qkv projection are what
+    goes). Bytes, not timings: the same on every machine."""
     model = randomize_(SwinTransformerV2(arch='tiny', drop_path_rate=0.), seed=0).train()
     x = torch.randn(1, 3, 128, 192)
     lean_bytes = saved_bytes(model, x)
-    monkeypatch.setattr(lean, '_records_autograd', lambda *tensors: False)
+    monkeypatch.setattr(lean, '_eager_autograd', lambda *tensors: False)
     plain_bytes = saved_bytes(model, x)
-    print(f'saved for backward: {lean_bytes / plain_bytes:.2f} of plain autograd')
-    assert lean_bytes <= 0.75 * plain_bytes, (lean_bytes, plain_bytes)
+    print(f'saved for backward: {lean_bytes / plain_bytes:.4f} of plain autograd')
+    assert lean_bytes <= 0.8 * plain_bytes, (lean_bytes, plain_bytes)

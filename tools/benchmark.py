@@ -8,9 +8,12 @@
                               [--chunk 64] [--threads N]
     python tools/benchmark.py --suite models [--mode infer|train] [--dtype fp32|bf16]
                               [--iters 3] [--warmup 1] [--threads N]
+    python tools/benchmark.py --suite cpu-paths [--dtype fp32|bf16] [--batch 8] [--size 256]
+                              [--iters 12] [--threads N]
 
 Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
-mmswinv2 (default and fused attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
+mmswinv2 (as users run it: on the CPU through ``mmswinv2.cpu``; the model as written, without
+it; with fused SDPA attention), HF transformers ``Swinv2Model`` and timm ``swinv2_*``
 (timm needs torchvision; a reference that cannot be imported is skipped and says why), and
 MMDetection's Swin V1 at the same size (window 7), what detection users would pick instead,
 on the same input. Each row runs in its own process; all of them are alive together and take
@@ -45,8 +48,14 @@ training the backward), a detector's number of detections, the ratio of SwinV2-T
 V1-T, and peak memory. Under bf16 a detector's heads run in fp32 (mmcv's CPU NMS has no bf16
 kernel).
 
+``--suite cpu-paths``: each CPU special path of ``mmswinv2.cpu`` against the same model with
+that path turned off, in one process, the two forwards alternating (``--iters`` pairs after
+warming both up): the compiled attention kernel, the packed linear layers, the pieces, and
+the package as a whole against the model as written. The gain is the median of the pairs'
+time ratios (off / on), with their quartiles. A path that gains less than 5 % goes.
+
 Results go to stdout as a Markdown table (and to ``--json``); record them in
-docs/benchmarks.md with the machine.
+docs/performance.md with the machine.
 """
 import argparse
 import json
@@ -62,17 +71,19 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from mmswinv2 import SwinTransformerV2  # noqa: E402
-from mmswinv2.models import cpu_kernel  # noqa: E402
+from mmswinv2.cpu import kernel as cpu_kernel  # noqa: E402
 
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
 TIMM_NAMES = {('tiny', 8): 'swinv2_tiny_window8_256', ('tiny', 16): 'swinv2_tiny_window16_256',
               ('small', 8): 'swinv2_small_window8_256', ('small', 16): 'swinv2_small_window16_256',
               ('base', 8): 'swinv2_base_window8_256', ('base', 16): 'swinv2_base_window16_256'}
-OURS = 'mmswinv2 (default)'
+OURS = 'mmswinv2'
+#: Our backbone without mmswinv2.cpu (on CUDA the same as OURS, so not run there).
+WRITTEN = 'mmswinv2, the model as written'
 REFERENCES = ('HF transformers Swinv2Model', 'timm swinv2')
 #: What detection users would pick instead: MMDetection's own Swin (V1) at the same size, window 7.
 SWIN_V1 = 'MMDetection SwinTransformer (V1, window 7)'
-MODELS = (OURS, 'mmswinv2 (fused SDPA)') + REFERENCES + (SWIN_V1,)
+MODELS = (OURS, WRITTEN, 'mmswinv2 (fused SDPA)') + REFERENCES + (SWIN_V1,)
 
 
 def build(name, args, **options):
@@ -80,7 +91,8 @@ def build(name, args, **options):
     arch = SwinTransformerV2(arch=args.arch)
     if name.startswith('mmswinv2'):
         return SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
-                                 fused_attention=True if 'fused' in name else 'auto', **options)
+                                 fused_attention=True if 'fused' in name else 'auto',
+                                 cpu_inference=name == OURS, **options)
     if name == SWIN_V1:
         from mmdet.models.backbones import SwinTransformer
         return SwinTransformer(embed_dims=arch.embed_dims, depths=arch.depths,
@@ -443,7 +455,8 @@ def backbones_suite(args):
           'compiled / eager | peak memory (GiB) |')
     print('|---|---|---|---|---|---|---|')
     wanted = [(name, compiled) for compiled in ([False, True] if args.compile else [False])
-              for name in MODELS if _selected(args, name)]
+              for name in MODELS if _selected(args, name)
+              and not (name == WRITTEN and (compiled or args.device != 'cpu'))]
     results = run_rows(args, [['--row', name] + (['--compiled'] if compiled else [])
                               for name, compiled in wanted])
     rows = [dict(result, model=name, compiled=compiled)
@@ -604,6 +617,68 @@ def sequential_suite(args):
     return dict(rows=rows)
 
 
+# ---- CPU paths, A/B in one process ---------------------------------------------------------
+
+def _cpu_path_switches():
+    """name -> a function that gives the "off" variant of an optimized model and the context
+    that turns the path off while it runs."""
+    import contextlib
+    import copy
+    from unittest import mock
+
+    from mmswinv2.cpu import block, restore, torch_private
+
+    def copy_with(patch):
+        return lambda model: (copy.deepcopy(model), patch)
+    return {
+        'compiled attention kernel': copy_with(
+            lambda: mock.patch.object(cpu_kernel, 'available', lambda: False)),
+        'packed linear layers (oneDNN)': copy_with(
+            lambda: mock.patch.object(torch_private, 'packed_linear_supported', lambda: False)),
+        'pieces of ~8 MiB': copy_with(lambda: mock.patch.object(block, 'PIECE_BYTES', 2**62)),
+        'mmswinv2.cpu as a whole': lambda model: (restore(copy.deepcopy(model)),
+                                                  contextlib.nullcontext),
+    }
+
+
+def cpu_paths_suite(args):
+    """Each CPU path on and off in one process (see the module docstring)."""
+    import contextlib
+    print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
+          f'{args.batch}, inference, {args.dtype}; {args.iters} alternating pairs after '
+          f'{args.warmup} warm-up steps each, in one process; torch {torch.__version__}; '
+          f'{_device_name(args)}; attention kernel: {cpu_kernel.build_for()}\n')
+    print('| path | on (ms) | off (ms) | gain: off / on [quartiles] |')
+    print('|---|---|---|---|')
+    torch.manual_seed(0)
+    model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.).eval()
+    x = torch.randn(args.batch, 3, *args.hw)
+    autocast = torch.autocast('cpu', dtype=DTYPES[args.dtype], enabled=args.dtype != 'fp32')
+
+    def timed(m, switch=contextlib.nullcontext):
+        with torch.inference_mode(), autocast, switch():
+            start = time.perf_counter()
+            m(x)
+            return time.perf_counter() - start
+    rows = []
+    for name, make_off in _cpu_path_switches().items():
+        if not _selected(args, name):
+            continue
+        off, switch = make_off(model)
+        for _ in range(args.warmup):
+            timed(model), timed(off, switch)
+        pairs = [(timed(model), timed(off, switch)) for _ in range(args.iters)]
+        ratios = [b / a for a, b in pairs]
+        q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+        on_ms = 1e3 * statistics.median(a for a, _ in pairs)
+        off_ms = 1e3 * statistics.median(b for _, b in pairs)
+        rows.append(dict(path=name, on_ms=on_ms, off_ms=off_ms, gain=median,
+                         quartiles=[q1, q3]))
+        print(f'| {name} | {on_ms:.1f} | {off_ms:.1f} | {median:.3f} [{q1:.3f}-{q3:.3f}] |',
+              flush=True)
+    return dict(rows=rows)
+
+
 def _device_name(args):
     if args.device.startswith('cuda'):
         return torch.cuda.get_device_name()
@@ -613,7 +688,7 @@ def _device_name(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--suite', default='backbones',
-                        choices=['backbones', 'sequential', 'models'])
+                        choices=['backbones', 'sequential', 'models', 'cpu-paths'])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--arch', default='tiny', choices=['tiny', 'small', 'base'])
     parser.add_argument('--batch', type=int, default=8)
@@ -628,7 +703,8 @@ def parse_args(argv=None):
                              '(e.g. mmswinv2 HF)')
     parser.add_argument('--rounds', type=int, default=1,
                         help='measure this many times, each time with fresh processes')
-    parser.add_argument('--iters', type=int, default=10, help='timed steps of each row')
+    parser.add_argument('--iters', type=int, default=10,
+                        help='timed steps of each row (cpu-paths: pairs of steps)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch)')
     parser.add_argument('--sizes', type=int, nargs='+', default=[1536, 2048],
@@ -643,7 +719,7 @@ def parse_args(argv=None):
                          '--rounds')
     args.hw = (args.size[0], args.size[-1])
     if args.window is None:
-        args.window = 8 if args.suite == 'backbones' else 16
+        args.window = 16 if args.suite == 'sequential' else 8
     args.warmup = max(args.warmup, 1)
     return args
 
@@ -666,8 +742,8 @@ def main(argv=None):
     if args.row:
         row(args)
         return
-    suite = dict(backbones=backbones_suite, sequential=sequential_suite,
-                 models=models_suite)[args.suite]
+    suite = {'backbones': backbones_suite, 'sequential': sequential_suite,
+             'models': models_suite, 'cpu-paths': cpu_paths_suite}[args.suite]
     results = suite(args)
     if args.json:
         with open(args.json, 'w') as f:

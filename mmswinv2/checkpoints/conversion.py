@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
-from ..models.windows import window_and_shift
+from ..variants import window_and_shift
+from ..version import __version__
 from .arch import infer_swin_v1_arch, pretraining_windows
 from .formats import LAYOUTS, V1_LAYOUTS, detect_v1_layout
 from .io import Checkpoint, CheckpointError, read_checkpoint

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Tuple, Union
 
 import torch
 
-from ..models.swin_transformer_v2 import TIMM_CR_SETTINGS
+from ..variants import TIMM_CR_SETTINGS
 
 Rename = Tuple[str, Union[str, Callable[[re.Match], str]]]
 

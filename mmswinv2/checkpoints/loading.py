@@ -88,7 +88,7 @@ def load_pretrained(model: torch.nn.Module, path: str, layout: str = 'auto',
         raise CheckpointError(
             f'{ckpt.path}: a {source} checkpoint; build the backbone with '
             + ', '.join(f'{k}={v!r}' for k, v in required.items())
-            + ' (see mmswinv2.models.swin_transformer_v2.TIMM_CR_SETTINGS); it has '
+            + ' (see mmswinv2.variants.TIMM_CR_SETTINGS); it has '
             + ', '.join(f'{k}={model.variant_options[k]!r}' for k in sorted(wrong_options)))
     mismatch = describe_mismatch(_model_arch(model), arch)
     if mismatch:

@@ -8,15 +8,16 @@ Every parameter gets a random value (:func:`mmswinv2.testing.randomize_`: logit 
 ln 120, past the ln 100 clamp, where the attention is sharpest and rounding is amplified most).
 HF's ``Swinv2Backbone`` of the same architecture holds the weights and ours loads them through
 the checkpoint converter (layout ``hf``). The reference is HF's float64 forward on the same
-device. Each row is one eval-mode forward: ours with the explicit attention and with the fused
-one (``scaled_dot_product_attention``), in fp32 and under bf16 and fp16 autocast, and HF in the
-same types, which shows what the reference itself reaches in each. Per stage: max |out - ref| /
+device. Each row is one eval-mode forward: ours as written with the explicit attention and with
+the fused one (``scaled_dot_product_attention``), on the CPU also through ``mmswinv2.cpu`` (the
+compiled attention kernel), in fp32 and under bf16 and fp16 autocast, and HF in the same types,
+which shows what the reference itself reaches in each. Per stage: max |out - ref| /
 max |ref| of the stage's map (ours before its output norm, as HF's backbone has none), and
 whether every value is finite. Sizes are checked: where a stage's map is not square and not
 longer than the window on one side, HF and mmswinv2 window it differently by design
 (``SwinTransformerV2``'s docstring, "Small maps").
 
-A Markdown table goes to stdout (and JSON to ``--json``). Measured results: docs/benchmarks.md.
+A Markdown table goes to stdout (and JSON to ``--json``). Measured results: docs/performance.md.
 """
 import argparse
 import json
@@ -31,16 +32,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 from mmswinv2 import SwinTransformerV2  # noqa: E402
 from mmswinv2.checkpoints import convert_state_dict  # noqa: E402
-from mmswinv2.models.swin_transformer_v2 import arch_settings  # noqa: E402
+from mmswinv2.variants import arch_settings  # noqa: E402
 from mmswinv2.testing import randomize_  # noqa: E402
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
-#: (implementation, attention) of each row; every one runs in each of DTYPES.
-IMPLEMENTATIONS = (('mmswinv2', 'explicit'), ('mmswinv2', 'fused'), ('HF', 'explicit'))
+#: (implementation, attention) of each row; every one runs in each of DTYPES (the kernel of
+#: mmswinv2.cpu on the CPU only).
+IMPLEMENTATIONS = (('mmswinv2', 'explicit'), ('mmswinv2', 'fused'), ('mmswinv2.cpu', 'kernel'),
+                   ('HF', 'explicit'))
+
+
+def implementations(device):
+    return [i for i in IMPLEMENTATIONS if i[0] != 'mmswinv2.cpu' or device == 'cpu']
 
 
 def build(args):
-    """HF's backbone with random weights, and ours (explicit, fused) with the same weights."""
+    """HF's backbone with random weights, and ours (one per attention) with the same weights."""
     try:
         from transformers import Swinv2Backbone, Swinv2Config
     except ImportError as e:
@@ -54,9 +61,10 @@ def build(args):
     hf = randomize_(Swinv2Backbone(config), seed=args.seed).eval()
     state = convert_state_dict(hf.state_dict(), 'hf')
     ours = {}
-    for attention in ('explicit', 'fused'):
+    for _, attention in implementations(args.device)[:-1]:
         model = SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.,
-                                  fused_attention=attention == 'fused')
+                                  fused_attention=attention == 'fused',
+                                  cpu_inference=attention == 'kernel')
         result = model.load_state_dict(state, strict=False)
         unexpected_missing = [k for k in result.missing_keys if not k.startswith('norm')]
         if unexpected_missing or result.unexpected_keys:
@@ -86,7 +94,7 @@ def measure(args):
     hf.float()
     rows = []
     for dtype in DTYPES:
-        for implementation, attention in IMPLEMENTATIONS:
+        for implementation, attention in implementations(args.device):
             model = hf if implementation == 'HF' else ours[attention]
             with torch.autocast(x.device.type, dtype=DTYPES[dtype], enabled=dtype != 'fp32'):
                 outs = stage_maps(implementation, model, x)

@@ -27,7 +27,7 @@ from mmswinv2.checkpoints import (CheckpointError, mmengine_checkpoints_allowed,
                                   read_checkpoint)
 from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
                              documented_parser, load_config, parse_launch_args, run)
-from mmswinv2.models.swin_transformer_v2 import arch_settings  # noqa: E402
+from mmswinv2.variants import arch_settings  # noqa: E402
 
 #: The metrics plotted and tabulated first, by codebase (all of them go to the JSON).
 MAIN_METRICS = dict(mmdet=('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'),
