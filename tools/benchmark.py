@@ -50,8 +50,8 @@ kernel).
 
 ``--suite cpu-paths``: each CPU special path of ``mmswinv2.cpu`` against the same model with
 that path turned off, in one process, the two forwards alternating (``--iters`` pairs after
-warming both up): the compiled attention kernel, the packed linear layers, the pieces, and
-the package as a whole against the model as written. The gain is the median of the pairs'
+warming both up): the compiled attention kernel, the packed linear layers, and the package as
+a whole against the model as written. The gain is the median of the pairs'
 time ratios (off / on), with their quartiles. A path that gains less than 5 % goes.
 
 Results go to stdout as a Markdown table (and to ``--json``); record them in
@@ -626,7 +626,7 @@ def _cpu_path_switches():
     import copy
     from unittest import mock
 
-    from mmswinv2.cpu import block, restore, torch_private
+    from mmswinv2.cpu import restore, torch_private
 
     def copy_with(patch):
         return lambda model: (copy.deepcopy(model), patch)
@@ -635,7 +635,6 @@ def _cpu_path_switches():
             lambda: mock.patch.object(cpu_kernel, 'available', lambda: False)),
         'packed linear layers (oneDNN)': copy_with(
             lambda: mock.patch.object(torch_private, 'packed_linear_supported', lambda: False)),
-        'pieces of ~8 MiB': copy_with(lambda: mock.patch.object(block, 'PIECE_BYTES', 2**62)),
         'mmswinv2.cpu as a whole': lambda model: (restore(copy.deepcopy(model)),
                                                   contextlib.nullcontext),
     }

@@ -10,11 +10,6 @@ from ..models.windows import (ShiftMask, pad_to_multiple, shift_mask, window_and
 from . import kernel, torch_private
 from .linear import PreparedLinear
 
-#: A block's pieces (of windows for the attention, of tokens for the MLP) hold at most about
-#: this many bytes of projections: their temporaries come from memory the allocator keeps
-#: instead of being faulted in afresh for every large tensor.
-PIECE_BYTES = 8 * 2**20
-
 
 class WatchedParameter(nn.Parameter):
     """A parameter whose ``.data`` is its ``detach()``: writes through it bump the version
@@ -37,9 +32,9 @@ class InferenceBlock(nn.Module):
     linear layers prepared once per type (:class:`.linear.PreparedLinear`).
 
     Eager CPU inference (no autograd recording, no tracing; fp32, bf16 autocast or float64)
-    runs the block's function with the attention core in the compiled kernel (:mod:`.kernel`)
-    and both branches in pieces of about :data:`PIECE_BYTES`, each piece's norm and residual
-    added as it is made. Anything else runs the block itself.
+    runs the block's function with the prepared linear layers and the attention core in the
+    compiled kernel (:mod:`.kernel`), each residual sum written over the block's own windows
+    and map. Anything else runs the block itself.
 
     The prepared layers are rebuilt when a source parameter was written since: its storage or
     version counter changed (in-place writes, ``load_state_dict``, optimizer steps, and
@@ -99,41 +94,28 @@ class InferenceBlock(nn.Module):
         windows = window_partition(shifted, window)
         if windows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
             windows = windows.clone()  # a view of x (one window): the sums go over windows
-        self._attention(windows, window, shift_mask(padded_hw, window, shift, x.device), qkv,
-                        proj)
+        windows += self.norm1(self._attention(windows, window,
+                                              shift_mask(padded_hw, window, shift, x.device),
+                                              qkv, proj))
         attended = window_reverse(windows, window, padded_hw)
         if any(shift):
             attended = torch.roll(attended, shifts=shift, dims=(1, 2))
         x = attended[:, :H, :W].contiguous()  # x + norm1(attn(x)); padding dropped
-        tokens = x.view(-1, x.shape[-1])
-        step = max(1, PIECE_BYTES // (4 * fc1.out_features * tokens.element_size()))
-        for start in range(0, len(tokens), step):
-            piece = tokens[start:start + step]
-            piece += self.norm2(fc2(fc1(piece, gelu=True)))
+        x += self.norm2(fc2(fc1(x, gelu=True)))
         return self.norm3(x) if self.norm3 is not None else x
 
     def _attention(self, windows: torch.Tensor, window: Tuple[int, int],
                    mask: Optional[ShiftMask], qkv: PreparedLinear,
-                   proj: PreparedLinear) -> None:
-        """``windows += norm1(attention(windows))``, piece by piece."""
+                   proj: PreparedLinear) -> torch.Tensor:
+        """The attention of ``windows`` (whole images of windows)."""
         attn = self.attn
-        BnW, N, C = windows.shape
         bias = attn.position_bias(window)
-        use_kernel = kernel.available()
-        if use_kernel:
-            scale = attn.temperature(bias.dtype).flatten()
-            patterns, kinds = ((mask.patterns.to(bias.dtype), mask.kinds()) if mask is not None
-                               else (bias.new_empty(0), torch.empty(0, dtype=torch.long)))
-        step = max(1, PIECE_BYTES // (N * 3 * C * windows.element_size()))
-        for start in range(0, BnW, step):
-            piece = windows[start:start + step]
-            if use_kernel:
-                out = proj(kernel.window_attention(qkv(piece), scale, bias, patterns, kinds,
-                                                   start % max(1, kinds.numel())))
-            else:  # the model's own attention (its F.linear) on the piece's windows
-                masks = mask.windows(start, start + len(piece)) if mask is not None else None
-                out = attn.attend(piece, bias, masks)
-            piece += self.norm1(out)
+        if not kernel.available():  # the model's own attention (its F.linear)
+            return attn.attend(windows, bias, mask)
+        patterns, kinds = ((mask.patterns.to(bias.dtype), mask.kinds()) if mask is not None
+                           else (bias.new_empty(0), torch.empty(0, dtype=torch.long)))
+        return proj(kernel.window_attention(qkv(windows), attn.temperature(bias.dtype).flatten(),
+                                            bias, patterns, kinds, 0))
 
     def _compute_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
         """The type the products run in, or None where the block itself must run."""

@@ -108,10 +108,11 @@ class WindowAttentionV2(nn.Module):
     def attend(self, x: torch.Tensor, bias: torch.Tensor,
                mask: Union[ShiftMask, torch.Tensor, None]) -> torch.Tensor:
         """Attention of windows ``x`` with position ``bias``; ``mask``: a :class:`ShiftMask`
-        of whole images, or one ``(N, N)`` mask per window of ``x``, or None."""
+        of whole images, or ``(M, N, N)`` masks repeating over the windows of ``x`` (one
+        image's, or one per window), or None."""
         B_, N, C = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
-        q, k, v = qkv.view(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.view(B_, N, 3 * self.num_heads, -1).transpose(1, 2).chunk(3, dim=1)
         with torch.autocast(x.device.type, enabled=False):  # the logits in fp32
             dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
             # cos(q, k) * scale, the scale folded into q
@@ -124,7 +125,8 @@ class WindowAttentionV2(nn.Module):
                 if isinstance(mask, ShiftMask):
                     mask.add_to(attn)
                 elif mask is not None:
-                    attn = attn + mask.unsqueeze(1)
+                    attn = (attn.view(-1, *mask.shape[:1], *attn.shape[1:])
+                            + mask.unsqueeze(1)).view(attn.shape)
                 attn = self.attn_drop(attn.softmax(dim=-1))
                 out = attn.to(v.dtype) @ v
         out = out.transpose(1, 2).reshape(B_, N, C)
@@ -133,12 +135,11 @@ class WindowAttentionV2(nn.Module):
     def _fused(self, q, k, v, bias, mask):
         """``scaled_dot_product_attention`` in the logits' type with bias + mask added."""
         B_, heads, N, d = q.shape
-        if isinstance(mask, ShiftMask):  # one (nW * heads, N, N) mask for every image
-            nW = mask.num_windows
-            q, k, v = (t.reshape(B_ // nW, nW * heads, N, d) for t in (q, k, v))
-            bias = (bias + mask.windows(0, nW).unsqueeze(1)).reshape(1, nW * heads, N, N)
-        elif mask is not None:
-            bias = bias + mask.unsqueeze(1)
+        if mask is not None:  # one (M * heads, N, N) mask for every M windows
+            mask = mask.windows(0, mask.num_windows) if isinstance(mask, ShiftMask) else mask
+            M = mask.shape[0]
+            q, k, v = (t.reshape(-1, M * heads, N, d) for t in (q, k, v))
+            bias = (bias + mask.unsqueeze(1)).reshape(1, M * heads, N, N)
         else:  # 4-D: with a 3-D mask the CPU dispatcher falls back to the math kernel
             bias = bias.unsqueeze(0)
         out = F.scaled_dot_product_attention(
