@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmswinv2 import SwinTransformerV2
-from mmswinv2.cpu import is_optimized, optimize_for_cpu_inference, restore, torch_private
+from mmswinv2.cpu import (block as cpu_block, is_optimized, optimize_for_cpu_inference,
+                          restore, torch_private)
 from mmswinv2.cpu.block import InferenceBlock
 from mmswinv2.cpu.linear import PreparedLinear
 from mmswinv2.models.blocks import SwinBlockV2
@@ -98,6 +99,35 @@ def test_the_inference_blocks_compute_the_models_function(dtype):
         assert_the_models_function(model, x, autocast=dtype == 'bf16')
 
 
+@pytest.mark.parametrize('piece_bytes', [10_000, 100_000, 2**40])
+def test_pieces_give_the_same_outputs(piece_bytes, monkeypatch):
+    """Each branch runs on pieces of at most PIECE_BYTES of projections: one window each at
+    stage 1 (10 kB), a few (100 kB: pieces starting inside an image and inside a row of
+    windows, so the kernel's masks follow the piece's first window) or all at once. The kernel's
+    per-window results do not depend on the pieces; the linear layers over fewer rows may round
+    differently."""
+    model = build().eval()
+    x = image()
+    expected = forward(model, x)
+    monkeypatch.setattr(cpu_block, 'PIECE_BYTES', piece_bytes)
+    assert_close(forward(model, x), expected, 1e-5)
+    if piece_bytes == 100_000:
+        assert len(cpu_block.pieces(2 * 42, 49 * 3 * 16 * 4)) > 1  # stage 1: 6 x 7 windows
+
+
+@pytest.mark.parametrize('rows,row_bytes', [(0, 8), (1, 2**40), (5, 2**20), (32768, 1152),
+                                            (19, 2**24)])
+def test_pieces_cover_the_rows_in_as_few_even_ranges_as_the_budget_allows(rows, row_bytes):
+    ranges = cpu_block.pieces(rows, row_bytes)
+    assert ranges[0][0] == 0 and ranges[-1][1] == rows
+    assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))
+    lengths = [stop - start for start, stop in ranges]
+    assert max(lengths) == 1 or max(lengths) * row_bytes <= cpu_block.PIECE_BYTES
+    per_piece = max(1, cpu_block.PIECE_BYTES // row_bytes)
+    assert len(ranges) == max(1, -(-rows // per_piece))
+    assert max(lengths) - min(lengths) <= 1
+
+
 def record(function, calls):
     def recorded(*args, **kwargs):
         calls.append(args)
@@ -105,10 +135,12 @@ def record(function, calls):
     return recorded
 
 
+@pytest.mark.parametrize('piece_bytes', [1, 2**40])
 @pytest.mark.parametrize('hw', [(150, 190), (28, 28)])
-def test_the_block_input_is_left_untouched(hw):
+def test_the_block_input_is_left_untouched(hw, piece_bytes, monkeypatch):
     """The residual sums are written over the block's own windows, never over the tensor it
     was given (28x28: one window per map, where partitioning is a view of the input)."""
+    monkeypatch.setattr(cpu_block, 'PIECE_BYTES', piece_bytes)
     model = build().eval()
     inputs = []
     for module in model.modules():

@@ -1,5 +1,5 @@
 """The inference module that takes a SwinV2 block's place in CPU inference."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,12 @@ from ..models.windows import (ShiftMask, pad_to_multiple, shift_mask, window_and
                               window_partition, window_reverse)
 from . import kernel, torch_private
 from .linear import PreparedLinear
+
+#: The largest temporary of a block's branch, in bytes: each branch runs on pieces of rows
+#: (windows for the attention, tokens for the MLP) whose projections stay below glibc's
+#: largest mmap threshold (32 MiB), so that they come from memory the allocator keeps instead
+#: of being faulted in afresh on every forward.
+PIECE_BYTES = 31 * 2**20
 
 
 class WatchedParameter(nn.Parameter):
@@ -33,8 +39,9 @@ class InferenceBlock(nn.Module):
 
     Eager CPU inference (no autograd recording, no tracing; fp32, bf16 autocast or float64)
     runs the block's function with the prepared linear layers and the attention core in the
-    compiled kernel (:mod:`.kernel`), each residual sum written over the block's own windows
-    and map. Anything else runs the block itself.
+    compiled kernel (:mod:`.kernel`), each branch on pieces of at most :data:`PIECE_BYTES` of
+    projections, its residual sum written over the block's own windows and map. Anything else
+    runs the block itself.
 
     The prepared layers are rebuilt when a source parameter was written since: its storage or
     version counter changed (in-place writes, ``load_state_dict``, optimizer steps, and
@@ -94,28 +101,34 @@ class InferenceBlock(nn.Module):
         windows = window_partition(shifted, window)
         if windows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
             windows = windows.clone()  # a view of x (one window): the sums go over windows
-        windows += self.norm1(self._attention(windows, window,
-                                              shift_mask(padded_hw, window, shift, x.device),
-                                              qkv, proj))
+        mask = shift_mask(padded_hw, window, shift, x.device)
+        bias = self.attn.position_bias(window)
+        BnW, N = windows.shape[:2]
+        for start, stop in pieces(BnW, N * qkv.out_features * dtype.itemsize):
+            part = windows[start:stop]
+            part += self.norm1(self._attention(part, bias, mask, start, qkv, proj))
         attended = window_reverse(windows, window, padded_hw)
         if any(shift):
             attended = torch.roll(attended, shifts=shift, dims=(1, 2))
         x = attended[:, :H, :W].contiguous()  # x + norm1(attn(x)); padding dropped
-        x += self.norm2(fc2(fc1(x, gelu=True)))
+        tokens = x.view(-1, x.shape[-1])
+        for start, stop in pieces(len(tokens), fc1.out_features * dtype.itemsize):
+            part = tokens[start:stop]
+            part += self.norm2(fc2(fc1(part, gelu=True)))
         return self.norm3(x) if self.norm3 is not None else x
 
-    def _attention(self, windows: torch.Tensor, window: Tuple[int, int],
-                   mask: Optional[ShiftMask], qkv: PreparedLinear,
+    def _attention(self, windows: torch.Tensor, bias: torch.Tensor,
+                   mask: Optional[ShiftMask], first: int, qkv: PreparedLinear,
                    proj: PreparedLinear) -> torch.Tensor:
-        """The attention of ``windows`` (whole images of windows)."""
+        """The attention of ``windows``, windows ``first ..`` of the batch."""
         attn = self.attn
-        bias = attn.position_bias(window)
         if not kernel.available():  # the model's own attention (its F.linear)
-            return attn.attend(windows, bias, mask)
+            masks = mask.windows(first, first + len(windows)) if mask is not None else None
+            return attn.attend(windows, bias, masks)
         patterns, kinds = ((mask.patterns.to(bias.dtype), mask.kinds()) if mask is not None
                            else (bias.new_empty(0), torch.empty(0, dtype=torch.long)))
         return proj(kernel.window_attention(qkv(windows), attn.temperature(bias.dtype).flatten(),
-                                            bias, patterns, kinds, 0))
+                                            bias, patterns, kinds, first % max(1, kinds.numel())))
 
     def _compute_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
         """The type the products run in, or None where the block itself must run."""
@@ -131,3 +144,11 @@ class InferenceBlock(nn.Module):
 
     def __getstate__(self):  # copies and pickles leave the prepared state behind
         return {**self.__dict__, '_state': {}}
+
+
+def pieces(rows: int, row_bytes: int) -> list:
+    """``(start, stop)`` ranges covering ``range(rows)``, each of at most :data:`PIECE_BYTES`
+    (``row_bytes`` a row; one row at least), as even as that allows."""
+    count = max(1, -(-rows // max(1, PIECE_BYTES // row_bytes)))
+    bounds = [rows * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
