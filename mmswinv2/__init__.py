@@ -1,8 +1,10 @@
 """mmswinv2: Swin Transformer V2 backbones for MMDetection and MMSegmentation.
 
 Importing the package registers ``SwinTransformerV2``, ``SwinLayerDecayOptimWrapperConstructor``,
-``CheckSegAnnotation`` and ``CocoDataset`` (scope ``mmswinv2``).
+the hooks of :mod:`.engine` (``AtomicCheckpointHook``, ``RandomStateHook``,
+``NonFiniteLossHook``), ``CheckSegAnnotation`` and ``CocoDataset`` (scope ``mmswinv2``).
 """
+from . import engine  # noqa: F401 (registers the hooks)
 from .models import SwinTransformerV2
 from .optim import SwinLayerDecayOptimWrapperConstructor  # noqa: F401 (registers it)
 from .version import __version__

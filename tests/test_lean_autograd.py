@@ -26,9 +26,9 @@ def test_scaled_normalize_gradient_is_the_derivative():
     assert gradcheck(lean.scaled_normalize, (f64(3, 4, 5, 8, seed=2),))
 
 
-def test_scaled_normalize_matches_f_normalize_including_zero_vectors():
-    """A zero vector's norm is clamped at eps, where F.normalize's gradient is dy / eps (a
-    numerical derivative would see the unclamped norm of the perturbed vector instead)."""
+def test_scaled_normalize_matches_f_normalize_and_zero_vectors_get_no_gradient():
+    """Values as F.normalize's; gradients too, except where the norm is clamped at eps (a zero
+    k of padding): F.normalize's dy / eps there (1e12, inf once cast to fp16) is 0 here."""
     x = f64(2, 4, 6, 8)
     with torch.no_grad():
         x[0, :, 2] = 0  # e.g. the k of a zero padding token (k has no bias)
@@ -39,9 +39,26 @@ def test_scaled_normalize_matches_f_normalize_including_zero_vectors():
     theirs = F.normalize(x, dim=-1) * scale
     torch.testing.assert_close(ours, theirs, rtol=1e-15, atol=0)  # (scale applied to the norm)
     ours_grads = torch.autograd.grad(ours, (x, scale), grad)
-    theirs_grads = torch.autograd.grad(theirs, (x, scale), grad)
+    theirs_grads = list(torch.autograd.grad(theirs, (x, scale), grad))
+    clamped = x.detach().norm(dim=-1, keepdim=True) <= lean.NORMALIZE_EPS
+    assert clamped.sum() == 5 and theirs_grads[0][clamped.expand_as(x)].abs().min() > 1e9
+    theirs_grads[0] = theirs_grads[0].masked_fill(clamped, 0)
     for a, b in zip(ours_grads, theirs_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_padding_gives_finite_gradients_under_fp16_autocast():
+    """Windows with padding (zero k rows) under fp16 autocast, the loss scaled as by a loss
+    scaler: every parameter's gradient is finite (F.normalize's made the qkv weight's NaN)."""
+    from mmswinv2.models.attention import WindowAttentionV2
+    torch.manual_seed(0)
+    attn = WindowAttentionV2(16, num_heads=2)
+    x = torch.randn(3, 16, 16)
+    x[:, 12:] = 0  # the last row of each 4 x 4 window is padding
+    with torch.autocast('cpu', dtype=torch.float16):
+        out = attn.attend(x, attn.position_bias((4, 4)), None)
+    (out.float().sum() * 2.**10).backward()  # scaled, as under a loss scaler
+    assert all(torch.isfinite(p.grad).all() for p in attn.parameters() if p.grad is not None)
 
 
 def test_gelu_linear_gradient_is_the_derivative():

@@ -7,16 +7,24 @@
 
 The flags are MMDetection's. Checkpoints written by MMEngine (``--resume``, ``load_from``) are
 read with ``torch.load(weights_only=True)`` and mmswinv2's allow-list of MMEngine's own log
-objects, which torch >= 2.6 otherwise refuses.
+objects, which torch >= 2.6 otherwise refuses. ``--resume`` without CKPT continues from the
+checkpoint ``last_checkpoint`` names if it is whole, else from the newest whole checkpoint of
+the work dir, saying so (a run killed while writing leaves no half-written resume point).
+A non-finite loss stops the run with the iteration, the loss terms and the learning rate
+(``mmswinv2.NonFiniteLossHook`` in our configs).
 """
 import argparse
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from mmengine.logging import print_log  # noqa: E402
 
+from mmswinv2.engine import (NonFiniteLossError, checkpoint_problem,  # noqa: E402
+                             find_resume_checkpoint)
 from mmswinv2.launch import (add_launch_arguments, add_repo_to_path, build_runner,  # noqa: E402
                              load_config, parse_launch_args, run)
 
@@ -42,6 +50,9 @@ def configure(args):
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.', logger='current')
+        elif not torch.cuda.is_available():
+            raise ValueError('--amp: MMEngine\'s AmpOptimWrapper (dynamic loss scale) trains '
+                             'on a GPU only, and none is available; train without --amp')
         elif wrapper != 'OptimWrapper':
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
                              f'{wrapper}')
@@ -55,9 +66,13 @@ def configure(args):
                              f'dict(enable=False, base_batch_size=N) in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        found = find_resume_checkpoint(cfg.work_dir)
+        cfg.resume = found is not None
+        cfg.load_from = found
     elif args.resume is not None:
+        problem = checkpoint_problem(args.resume)
+        if problem is not None:
+            raise FileNotFoundError(f'--resume {args.resume}: the file {problem}')
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
@@ -68,7 +83,10 @@ def main(argv=None):
     add_repo_to_path()
     cfg = configure(args)
     runner = build_runner(cfg)
-    run(runner.train)
+    try:
+        run(runner.train)
+    except NonFiniteLossError as error:
+        raise SystemExit(f'error: {error}') from None
 
 
 if __name__ == '__main__':

@@ -24,5 +24,5 @@ param_scheduler = [
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=375, end=40000),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=40000, val_interval=4000)
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000))
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=4000))
 auto_scale_lr = dict(enable=False, base_batch_size=64)

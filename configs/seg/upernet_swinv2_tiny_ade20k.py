@@ -18,6 +18,12 @@ _base_ = [
 pretrained = 'checkpoints/swinv2_tiny_patch4_window8_256.pth'
 
 custom_imports = dict(imports=['mmswinv2'], allow_failed_imports=False)
+# Checkpoints written whole (a run killed mid-write never leaves a half-written resume point),
+# carrying the torch random state that --resume restores, and a clear stop, naming iteration,
+# loss terms and lr, when the loss is not finite.
+default_hooks = dict(checkpoint=dict(type='mmswinv2.AtomicCheckpointHook'),
+                     random_state=dict(type='mmswinv2.RandomStateHook'),
+                     finite_loss=dict(type='mmswinv2.NonFiniteLossHook'))
 
 model = dict(
     backbone=dict(

@@ -51,9 +51,14 @@ def _scaled_normalize(x, scale):
 
 class _ScaledNormalize(torch.autograd.Function):
     """``y = s * x / max(|x|, eps)``; backward from ``y``, the norm and ``s``: with
-    ``u = y / s``, ``dx = s / |x| * (dy - u (u . dy))`` where ``|x| > eps`` and
-    ``dx = s / eps * dy`` where the norm was clamped (as ``F.normalize``);
-    ``ds = sum(u . dy)`` over what ``s`` was broadcast across."""
+    ``u = y / s``, ``dx = s / |x| * (dy - u (u . dy))`` where ``|x| > eps``, and 0 where the
+    norm was clamped; ``ds = sum(u . dy)`` over what ``s`` was broadcast across.
+
+    A clamped row is a zero k of padding (k has no bias). ``F.normalize`` gives it
+    ``s / eps * dy``: about 1e12, which the cast back to fp16 under autocast turns into inf,
+    and the qkv weight's gradient ``x^T dx`` into 0 * inf = NaN at every step, whatever the
+    loss scale. The row's input is zero, so its gradient reaches no parameter: 0 is the same
+    gradient for every parameter, without the overflow."""
 
     @staticmethod
     def forward(ctx, x, scale):
@@ -69,8 +74,7 @@ class _ScaledNormalize(torch.autograd.Function):
         u_dot_grad = (u * grad).sum(-1, keepdim=True)
         grad_x = grad_scale = None
         if ctx.needs_input_grad[0]:
-            projected = torch.where(norm > NORMALIZE_EPS, u * u_dot_grad, 0)
-            grad_x = (s / norm) * (grad - projected)
+            grad_x = torch.where(norm > NORMALIZE_EPS, (s / norm) * (grad - u * u_dot_grad), 0)
         if scale is not None and ctx.needs_input_grad[1]:
             grad_scale = u_dot_grad.sum_to_size(scale.shape)
         return grad_x, grad_scale
