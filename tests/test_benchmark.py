@@ -56,3 +56,16 @@ def test_rows_run_side_by_side_and_a_failed_row_says_why(tmp_path):
     assert len(results[0]['step_seconds'][0]) == 2 and results[0]['batch'] == 1
     assert results[0]['peak_gib'] >= 0
     assert 'invalid choice' in results[1]['error'] and 'fp64' in results[1]['error']
+
+
+def test_deploy_suite_runs_every_runtime_on_the_same_input(tmp_path, capsys):
+    """Each row (ours and HF eager, HF's export in ONNX Runtime and OpenVINO) runs and is
+    timed; the export is cached for the next run."""
+    args = benchmark.parse_args(['--suite', 'deploy', '--size', '64', '--batch', '1',
+                                 '--window', '4', '--iters', '2', '--warmup', '1',
+                                 '--threads', '1', '--onnx-dir', str(tmp_path)])
+    rows = benchmark.deploy_suite(args)['rows']
+    assert [r['model'] for r in rows] == [name for name, _, _ in benchmark.DEPLOY_ROWS]
+    assert all('error' not in r and len(r['step_seconds'][0]) == 2 for r in rows), rows
+    assert len(list(tmp_path.glob('hf_*.onnx'))) == 1
+    assert 'OpenVINO, HF export' in capsys.readouterr().out

@@ -50,7 +50,7 @@ def test_segmentation_config_builds_and_predicts(path):
 
 
 def test_sliding_window_segmentation_by_option():
-    """The README's --cfg-options for slide inference on large images."""
+    """The --cfg-options for slide inference on large images (docs/recipes.md)."""
     from mmseg.structures import SegDataSample
     path = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
     cfg = Config.fromfile(path)

@@ -10,6 +10,8 @@
                               [--iters 3] [--warmup 1] [--threads N]
     python tools/benchmark.py --suite cpu-paths [--dtype fp32|bf16] [--batch 8] [--size 256]
                               [--iters 12] [--threads N]
+    python tools/benchmark.py --suite deploy [--batch 8] [--size 256] [--threads N]
+                              [--onnx-dir DIR] [--rounds R]
 
 Default suite (``backbones``): SwinV2 at the same size and window with random weights, from
 mmswinv2 (as users run it: on the CPU through ``mmswinv2.cpu``; the model as written, without
@@ -50,9 +52,15 @@ kernel).
 
 ``--suite cpu-paths``: each CPU special path of ``mmswinv2.cpu`` against the same model with
 that path turned off, in one process, the two forwards alternating (``--iters`` pairs after
-warming both up): the compiled attention kernel, the packed linear layers, and the package as
-a whole against the model as written. The gain is the median of the pairs'
+warming both up): the compiled attention kernel, the packed linear layers, the pieces, and the
+package as a whole against the model as written. The gain is the median of the pairs'
 time ratios (off / on), with their quartiles. A path that gains less than 5 % goes.
+
+``--suite deploy``: CPU inference of the backbone (fp32) in ONNX Runtime and OpenVINO against
+eager PyTorch: ours (through ``mmswinv2.cpu``) and HF's eager models, and HF's ``Swinv2Model``
+exported with ``torch.onnx.export(dynamo=True)`` at the input's size, run by each runtime with
+``--threads`` threads (OpenVINO with f32 precision). Rows run as in the default suite (own
+processes, stepped in turn). The exported files are cached in ``--onnx-dir``.
 
 Results go to stdout as a Markdown table (and to ``--json``); record them in
 docs/performance.md with the machine.
@@ -84,6 +92,11 @@ REFERENCES = ('HF transformers Swinv2Model', 'timm swinv2')
 #: What detection users would pick instead: MMDetection's own Swin (V1) at the same size, window 7.
 SWIN_V1 = 'MMDetection SwinTransformer (V1, window 7)'
 MODELS = (OURS, WRITTEN, 'mmswinv2 (fused SDPA)') + REFERENCES + (SWIN_V1,)
+#: The deploy suite's rows: (name, runtime, exported model).
+DEPLOY_ROWS = (('mmswinv2, eager PyTorch', 'pytorch', 'mmswinv2'),
+               ('HF, eager PyTorch', 'pytorch', 'hf'),
+               ('ONNX Runtime, HF export', 'onnxruntime', 'hf'),
+               ('OpenVINO, HF export', 'openvino', 'hf'))
 
 
 def build(name, args, **options):
@@ -333,6 +346,103 @@ def models_suite(args):
     return dict(rows=rows)
 
 
+# ---- deployment runtimes -------------------------------------------------------------------
+
+def _hf_model(args):
+    from transformers import Swinv2Config, Swinv2Model
+    arch = SwinTransformerV2(arch=args.arch)
+    config = Swinv2Config(image_size=list(args.hw), window_size=args.window,
+                          embed_dim=arch.embed_dims, depths=list(arch.depths),
+                          num_heads=list(arch.num_heads), drop_path_rate=0.)
+    return Swinv2Model(config, add_pooling_layer=False).eval()
+
+
+class _LastHiddenState(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(pixel_values=x).last_hidden_state
+
+
+def export_file(args, which):
+    """The ONNX file of ``which`` ('hf') at ``--batch`` x ``--size``, exported once into
+    ``--onnx-dir``."""
+    os.makedirs(args.onnx_dir, exist_ok=True)
+    path = os.path.join(args.onnx_dir, f'{which}_{args.arch}_w{args.window}_{args.batch}x'
+                                       f'{args.hw[0]}x{args.hw[1]}.onnx')
+    if not os.path.isfile(path):
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, *args.hw)
+        program = torch.onnx.export(_LastHiddenState(_hf_model(args)), (x,), dynamo=True,
+                                    opset_version=18, input_names=['x'], verbose=False)
+        program.save(path + '.part')
+        os.replace(path + '.part', path)
+    return path
+
+
+def deploy_row(args, x):
+    """``(step, memory held)`` of one deploy row: an eager model or a runtime session."""
+    name = args.row
+    _, runtime, which = next(r for r in DEPLOY_ROWS if r[0] == name)
+    held = _memory_now(x)
+    if runtime == 'pytorch':
+        model = (SwinTransformerV2(arch=args.arch, window_size=args.window, drop_path_rate=0.)
+                 .eval() if which == 'mmswinv2' else _hf_model(args))
+
+        def step():
+            with torch.inference_mode():
+                model(x) if which == 'mmswinv2' else model(pixel_values=x)
+    else:
+        path, array = args.onnx, x.numpy()
+        if runtime == 'onnxruntime':
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+            feed = {session.get_inputs()[0].name: array}
+
+            def step():
+                session.run(None, feed)
+        else:
+            import openvino as ov
+            request = ov.Core().compile_model(path, 'CPU', {
+                'INFERENCE_NUM_THREADS': torch.get_num_threads(),
+                'INFERENCE_PRECISION_HINT': 'f32'}).create_infer_request()
+
+            def step():
+                request.infer({0: array})
+    for _ in range(args.warmup):
+        step()
+    return step, held
+
+
+def deploy_suite(args):
+    """Eager PyTorch against ONNX Runtime and OpenVINO (see the module docstring)."""
+    import importlib.metadata as metadata
+    versions = ', '.join(f'{name} {metadata.version(name)}'
+                         for name in ('onnxruntime', 'openvino'))
+    print(f'SwinV2-{args.arch} window {args.window}, {args.hw[0]}x{args.hw[1]}, batch '
+          f'{args.batch}, inference, fp32, {_method(args)}; torch {torch.__version__}, '
+          f'{versions}; {_device_name(args)}\n')
+    print('| runtime, model | images/s | ratio of mmswinv2 eager to this row | peak memory (GiB) |')
+    print('|---|---|---|---|')
+    wanted = [r for r in DEPLOY_ROWS if _selected(args, r[0])]
+    extra = [['--row', name] + (['--onnx', export_file(args, which)] if runtime != 'pytorch'
+                                else []) for name, runtime, which in wanted]
+    rows = [dict(result, model=name) for (name, _, _), result in zip(wanted, run_rows(args, extra))]
+    ours = next((r for r in rows if r['model'] == DEPLOY_ROWS[0][0] and 'error' not in r), None)
+    for r in rows:
+        if 'error' in r:
+            print(f"| {r['model']} | failed: {r['error']} | | |")
+            continue
+        ratio = _ratio(ours, [r], 'ratio') if ours is not None else 'n/a'
+        print(f"| {r['model']} | {_speed(r, 2)} | {ratio} | {r['peak_gib']:.2f} |", flush=True)
+    return dict(rows=rows)
+
+
 # ---- one row, in its own process ----------------------------------------------------------
 
 def row(args):
@@ -349,6 +459,10 @@ def row(args):
         model, x, forward, autocast_step = whole_model(args.row, args)
         step, compile_s, held = prepare(model, x, args, train, forward=forward,
                                         autocast_step=autocast_step)
+    elif args.suite == 'deploy':
+        x = torch.randn(args.batch, 3, *args.hw)
+        step, held = deploy_row(args, x)
+        compile_s = None
     else:
         x = torch.randn(args.batch, 3, *args.hw, device=args.device)
         if args.suite == 'sequential':
@@ -626,7 +740,7 @@ def _cpu_path_switches():
     import copy
     from unittest import mock
 
-    from mmswinv2.cpu import restore, torch_private
+    from mmswinv2.cpu import block, restore, torch_private
 
     def copy_with(patch):
         return lambda model: (copy.deepcopy(model), patch)
@@ -635,6 +749,8 @@ def _cpu_path_switches():
             lambda: mock.patch.object(cpu_kernel, 'available', lambda: False)),
         'packed linear layers (oneDNN)': copy_with(
             lambda: mock.patch.object(torch_private, 'packed_linear_supported', lambda: False)),
+        'pieces below the allocator\'s mmap threshold': copy_with(
+            lambda: mock.patch.object(block, 'PIECE_BYTES', 2**62)),
         'mmswinv2.cpu as a whole': lambda model: (restore(copy.deepcopy(model)),
                                                   contextlib.nullcontext),
     }
@@ -687,7 +803,7 @@ def _device_name(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--suite', default='backbones',
-                        choices=['backbones', 'sequential', 'models', 'cpu-paths'])
+                        choices=['backbones', 'sequential', 'models', 'cpu-paths', 'deploy'])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--arch', default='tiny', choices=['tiny', 'small', 'base'])
     parser.add_argument('--batch', type=int, default=8)
@@ -710,9 +826,12 @@ def parse_args(argv=None):
                         help='sequential: input sizes')
     parser.add_argument('--chunk', type=int, default=64,
                         help='sequential: attn_chunk_windows of the chunked rows')
+    parser.add_argument('--onnx-dir', default='work_dirs/benchmark_onnx',
+                        help='deploy: where the exported files are kept')
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--row', help=argparse.SUPPRESS)  # one row, in a child process
     parser.add_argument('--compiled', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--onnx', help=argparse.SUPPRESS)  # a deploy row's file
     args = parser.parse_args(argv)
     args.argv = _without(argv if argv is not None else sys.argv[1:], '--compile', '--models',
                          '--rounds')
@@ -742,7 +861,8 @@ def main(argv=None):
         row(args)
         return
     suite = {'backbones': backbones_suite, 'sequential': sequential_suite,
-             'models': models_suite, 'cpu-paths': cpu_paths_suite}[args.suite]
+             'models': models_suite, 'cpu-paths': cpu_paths_suite,
+             'deploy': deploy_suite}[args.suite]
     results = suite(args)
     if args.json:
         with open(args.json, 'w') as f:
