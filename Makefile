@@ -7,7 +7,7 @@ install:
 	PYTHON=$(PYTHON) bash tools/install_deps.sh
 
 demo: install
-	$(PYTHON) tools/demo.py --out-dir outputs/demo
+	$(PYTHON) tools/demo.py --out-dir outputs/demo --seed 0
 
 test: install
 	$(PYTHON) -m pytest

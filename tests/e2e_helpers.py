@@ -31,3 +31,12 @@ def run_tool(args, timeout=900, launcher=None, script=None):
 def logged_losses(output):
     """Every ``loss: <float>`` the MMEngine logger printed."""
     return [float(v) for v in re.findall(r'\bloss: ([-+0-9.eE]+|nan|inf)', output)]
+
+
+def make_demo_data(out, n_train, n_val, seed):
+    """The demo's shapes dataset (tools/make_demo_data.py) under ``out``: ``coco/`` and
+    ``ade/`` layouts of the same scenes."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    from make_demo_data import make_dataset
+    make_dataset(str(out), n_train=n_train, n_val=n_val, seed=seed, progress=False)
+    return out

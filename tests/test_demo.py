@@ -75,8 +75,9 @@ def test_demo_pipeline_in_smoke_mode_writes_metrics_pictures_and_curves(tmp_path
         [sys.executable, 'tools/demo.py', '--smoke', '--out-dir', str(out),
          '--data-root', str(data)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f'metrics:  {out / "metrics.json"}' in result.stdout
+    assert f'metrics:  {out / "metrics.json"}' in result.stdout and '(seed 0)' in result.stdout
     metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['detection']['seed'] == metrics['segmentation']['seed'] == 0
     assert set(metrics) == {'detection', 'segmentation'}
     assert set(metrics['detection']['trained']) >= {'bbox AP50', 'segm AP'}
     assert metrics['segmentation']['trained']['mIoU (%)'] is not None

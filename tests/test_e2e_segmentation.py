@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from e2e_helpers import ROOT, logged_losses, run_tool
+from e2e_helpers import ROOT, logged_losses, make_demo_data, run_tool
 
 CONFIG = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
 
@@ -16,10 +16,8 @@ CONFIG = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
 def setup(tmp_path_factory):
     """Tiny dataset and a derived config that changes only the data root, the crop size (with
     the resize scales that go with it) and the iteration counts."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    from make_demo_data import make_dataset
     root = tmp_path_factory.mktemp('seg_e2e')
-    make_dataset(str(root / 'data'), n_train=4, n_val=2, seed=2, progress=False)
+    make_demo_data(root / 'data', n_train=4, n_val=2, seed=2)
     config = root / 'upernet_tiny_data.py'
     config.write_text(f'''
 _base_ = {CONFIG!r}

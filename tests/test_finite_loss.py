@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from e2e_helpers import ROOT, logged_losses
+from e2e_helpers import ROOT, logged_losses, make_demo_data
 from mmswinv2.engine import NonFiniteLossError, NonFiniteLossHook
 
 SEG_CONFIG = os.path.join(ROOT, 'configs', 'seg', 'demo_upernet_swinv2_shapes.py')
@@ -24,10 +24,8 @@ SEG_CONFIG = os.path.join(ROOT, 'configs', 'seg', 'demo_upernet_swinv2_shapes.py
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    from make_demo_data import make_dataset
     root = tmp_path_factory.mktemp('finite')
-    make_dataset(str(root / 'data'), n_train=4, n_val=2, seed=5, progress=False)
+    make_demo_data(root / 'data', n_train=4, n_val=2, seed=5)
     return root / 'data' / 'ade'
 
 

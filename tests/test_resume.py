@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from e2e_helpers import ROOT, logged_losses, run_tool
+from e2e_helpers import ROOT, logged_losses, make_demo_data, run_tool
 
 CONFIG = os.path.join(ROOT, 'configs', 'seg', 'upernet_swinv2_tiny_ade20k.py')
 ITERS = 8
@@ -20,10 +20,8 @@ ITERS = 8
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    from make_demo_data import make_dataset
     root = tmp_path_factory.mktemp('resume')
-    make_dataset(str(root / 'data'), n_train=6, n_val=2, seed=3, progress=False)
+    make_demo_data(root / 'data', n_train=6, n_val=2, seed=3)
     config = root / 'upernet_resume.py'
     config.write_text(f'''
 _base_ = {CONFIG!r}

@@ -1,11 +1,12 @@
 """The whole demo in one command: data -> training -> AP and mIoU -> pictures and curves.
 
-    python tools/demo.py [--out-dir outputs/demo] [--data-root data/demo] [--smoke]
+    python tools/demo.py [--out-dir outputs/demo] [--data-root data/demo] [--seed 0] [--smoke]
 
 1. generates the embedded shapes dataset (tools/make_demo_data.py),
 2. for detection (configs/det/demo_mask_rcnn_swinv2_shapes.py) and segmentation
    (configs/seg/demo_upernet_swinv2_shapes.py): evaluates the untrained model, trains with
-   tools/train.py, evaluates the result with tools/test.py drawing its predictions,
+   tools/train.py seeded with ``--seed`` (``randomness.seed``: the same figures on the same
+   machine and software), evaluates the result with tools/test.py drawing its predictions,
 3. writes to OUT_DIR: metrics.json (bbox / segm AP, mIoU, untrained vs trained),
    pictures/*.png (predicted boxes and masks over validation images, drawn by the
    MMDetection / MMSegmentation visualisers), curves.png (training loss and validation
@@ -53,6 +54,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out-dir', default='outputs/demo')
     parser.add_argument('--data-root', default='data/demo')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='the random seed of the models and the training runs')
     parser.add_argument('--smoke', action='store_true',
                         help='a few images and iterations, to check the pipeline')
     args = parser.parse_args(argv)
@@ -76,17 +79,19 @@ def main(argv=None):
         if args.smoke:
             options = options + SMOKE[task]
         step(f'{task}: evaluating the untrained model', start)
-        untrained = save_untrained_checkpoint(spec, os.path.join(work, 'untrained.pth'))
+        untrained = save_untrained_checkpoint(spec, os.path.join(work, 'untrained.pth'),
+                                              args.seed)
         before = evaluate(spec, untrained, os.path.join(work, 'test_untrained'), options,
                           os.path.join(out, 'logs', f'{task}_test_untrained.log'))
         step(f'{task}: training ({spec["config"]})', start)
-        run(['tools/train.py', spec['config'], '--work-dir', work, *_cfg(options)],
+        run(['tools/train.py', spec['config'], '--work-dir', work,
+             *_cfg(options + [f'randomness.seed={args.seed}'])],
             os.path.join(out, 'logs', f'{task}_train.log'))
         step(f'{task}: evaluating the trained model and drawing its predictions', start)
         after = evaluate(spec, last_checkpoint(work), os.path.join(work, 'test'), options,
                          os.path.join(out, 'logs', f'{task}_test.log'), draw=True)
         metrics[task] = dict(untrained=before, trained=after,
-                             config=spec['config'])
+                             config=spec['config'], seed=args.seed)
         collect_pictures(task, os.path.join(work, 'test'), os.path.join(out, 'pictures'))
 
     with open(os.path.join(out, 'metrics.json'), 'w') as f:
@@ -112,7 +117,7 @@ def run(args, log_path):
         raise SystemExit(f'demo step failed: {" ".join(args)}\n(see {log_path})\n{tail}')
 
 
-def save_untrained_checkpoint(spec, path):
+def save_untrained_checkpoint(spec, path, seed):
     """The model as training starts (initialised, not trained), saved for tools/test.py.
 
     Built in this process with its warnings silenced: the same build in tools/train.py logs
@@ -129,7 +134,7 @@ def save_untrained_checkpoint(spec, path):
         cfg = Config.fromfile(os.path.join(ROOT, spec['config']))
         registry = __import__(f'{spec["scope"]}.registry', fromlist=['MODELS']).MODELS
         with DefaultScope.overwrite_default_scope(spec['scope']):
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             model = registry.build(cfg.model)
             model.init_weights()
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -195,7 +200,8 @@ def plot_curves(work_root, path, metrics):
 
 
 def report(metrics, out, seconds):
-    print(f'\nDemo finished in {seconds / 60:.1f} min. Validation split:')
+    seed = next(iter(metrics.values()))['seed']
+    print(f'\nDemo finished in {seconds / 60:.1f} min (seed {seed}). Validation split:')
     for task, values in metrics.items():
         for label in values['trained']:
             print(f'  {task:<12} {label:<11} untrained {_fmt(values["untrained"][label]):>6}'
